@@ -1,0 +1,5 @@
+import sys
+
+from firelet.cli.main import main
+
+sys.exit(main())
