@@ -20,6 +20,9 @@ BOOT_IDT_START = 0x520
 PVH_INFO_START = 0x6000
 #: PVH memory map entries follow the start_info structure.
 PVH_MEMMAP_START = 0x6040
+#: PVH module list (``hvm_modlist_entry``, 32 bytes each; the initrd is module 0),
+#: after room for 146 memory map entries of 24 bytes.
+PVH_MODLIST_START = 0x6E00
 #: The "zero page": ``struct boot_params`` (boot protocol, "The zero page").
 ZERO_PAGE_START = 0x7000
 #: Initial stack pointer for the boot CPU (grows down, below the page tables).
@@ -46,6 +49,11 @@ HIMEM_START = 0x100000
 MMIO_GAP_START = 4 * GiB - 768 * MiB
 MMIO_GAP_END = 4 * GiB
 MMIO_GAP_SIZE = MMIO_GAP_END - MMIO_GAP_START
+
+#: The I/O APIC and local APIC register windows, at their architectural default
+#: addresses (Intel MP spec 1.4 §3.6.1, SDM vol. 3 §11.4.1), inside the gap.
+IOAPIC_START = 0xFEC00000
+APIC_START = 0xFEE00000
 
 #: virtio-mmio devices: one 4 KiB window each, from the start of the gap.
 VIRTIO_MMIO_START = MMIO_GAP_START
