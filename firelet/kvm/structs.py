@@ -443,6 +443,21 @@ class kvm_dirty_log(_Struct):
     _fields_ = [("slot", _u32), ("padding1", _u32), ("dirty_bitmap", _u64)]
 
 
+class kvm_msi(_Struct):
+    _fields_ = [
+        ("address_lo", _u32),
+        ("address_hi", _u32),
+        ("data", _u32),
+        ("flags", _u32),
+        ("devid", _u32),
+        ("pad", _u8 * 12),
+    ]
+
+
+class kvm_enable_cap(_Struct):
+    _fields_ = [("cap", _u32), ("flags", _u32), ("args", _u64 * 4), ("pad", _u8 * 64)]
+
+
 class kvm_irq_routing_irqchip(_Struct):
     _fields_ = [("irqchip", _u32), ("pin", _u32)]
 

@@ -50,6 +50,8 @@ KERNEL_SIZES = {
     "kvm_irqchip": 520,
     "kvm_clock_data": 48,
     "kvm_dirty_log": 16,
+    "kvm_msi": 32,
+    "kvm_enable_cap": 104,
     "kvm_irq_routing_entry": 48,
     "kvm_irq_routing": 8,
     "kvm_debug_exit_arch": 32,
