@@ -1,0 +1,200 @@
+"""From a validated :class:`~firelet.vmm.config.VmConfig` to a ready :class:`Vmm`.
+
+The one place where KVM objects, guest memory, the boot structures and the
+devices meet. Order matters and follows KVM's rules: the irqchip exists before
+vCPUs; memory is registered before the kernel is loaded; CPUID is set before
+the MSRs and registers; the LAPIC's LINT pins are programmed after the irqchip.
+Inputs are checked up front so a bad path or size fails with one line before
+any KVM object is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from firelet.errors import FireletError, UsageError
+from firelet.vmm import layout
+from firelet.vmm.config import Drive, VmConfig, check_startable
+from firelet.vmm.console import NullSink, Sink
+from firelet.vmm.event_loop import EventLoop
+from firelet.vmm.vcpu import Vcpu, VcpuGate
+from firelet.vmm.vmm import Vmm, VmmResources
+
+log = logging.getLogger(__name__)
+
+#: What Firecracker boots with when no boot_args are given, plus a console on ttyS0.
+DEFAULT_BOOT_ARGS = (
+    "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
+)
+
+# Legacy devices (PC/AT assignments): COM1 at 0x3f8/IRQ 4, the i8042 at 0x60/0x64/IRQ 1.
+SERIAL_PORT_BASE = 0x3F8
+SERIAL_PORT_COUNT = 8
+SERIAL_IRQ = 4
+I8042_DATA_PORT = 0x60
+I8042_COMMAND_PORT = 0x64
+I8042_IRQ = 1
+#: virtio-mmio QueueNotify register offset (virtio 1.2 §4.2.2).
+VIRTIO_MMIO_QUEUE_NOTIFY = 0x50
+
+
+class BuildError(FireletError):
+    """The microVM could not be built from its configuration."""
+
+
+@dataclass
+class ConsoleSpec:
+    """Where the UART's output goes and whether it reads host input."""
+
+    sink: Sink
+    input_fd: int | None = None  # e.g. 0 for an interactive terminal
+
+
+def _check_file(what: str, path: str | None, *, writable: bool = False) -> Path:
+    if not path:
+        raise UsageError(f"{what}: no path given")
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{what} {path}: no such file")
+    if not p.is_file():
+        raise UsageError(f"{what} {path}: not a regular file")
+    mode = os.R_OK | (os.W_OK if writable else 0)
+    if not os.access(p, mode):
+        need = "read and write" if writable else "read"
+        raise UsageError(f"{what} {path}: permission denied (firelet needs to {need} it)")
+    return p
+
+
+def check_inputs(config: VmConfig) -> None:
+    """Fail early, with one line, on anything a person must fix before booting."""
+    check_startable(config)
+    assert config.boot_source is not None
+    _check_file("kernel", config.boot_source.kernel_image_path)
+    if config.boot_source.initrd_path:
+        _check_file("initrd", config.boot_source.initrd_path)
+    for drive in config.drives:
+        if drive.socket:
+            raise UsageError(f"drive {drive.drive_id}: vhost-user block (socket) is not supported by firelet")
+        _check_file(f"drive {drive.drive_id}: image", drive.path_on_host, writable=not drive.is_read_only)
+
+
+def boot_cmdline(config: VmConfig, device_args: list[str]) -> str:
+    """The guest command line: the user's (or the default), root device, then device announcements."""
+    assert config.boot_source is not None
+    args = config.boot_source.boot_args
+    parts = [args if args is not None else DEFAULT_BOOT_ARGS]
+    root = next((d for d in config.drives if d.is_root_device), None)
+    words = shlex.split(parts[0]) if parts[0] else []
+    if root is not None and not any(w.startswith("root=") for w in words):
+        # As Firecracker: the root drive is the first virtio-blk device, /dev/vda.
+        target = f"PARTUUID={root.partuuid}" if root.partuuid else "/dev/vda"
+        parts.append(f"root={target} {'ro' if root.is_read_only else 'rw'}")
+    parts.extend(device_args)
+    return " ".join(p for p in parts if p)
+
+
+def ordered_drives(drives: list[Drive]) -> list[Drive]:
+    """The root drive first (it becomes /dev/vda), then the others in the order given."""
+    return sorted(drives, key=lambda d: not d.is_root_device)
+
+
+def build_vmm(
+    config: VmConfig,
+    console: ConsoleSpec | None = None,
+    *,
+    kvm_path: str = "/dev/kvm",
+    metrics: Any = None,
+) -> Vmm:
+    """Build every part of the microVM; the returned :class:`Vmm` is ready to ``start()``."""
+    from firelet.kvm import Kvm, install_kick_handler
+    from firelet.vmm.memory import GuestMemory
+
+    check_inputs(config)
+    machine = config.machine_config
+    console = console or ConsoleSpec(NullSink())
+
+    kvm = Kvm(kvm_path)
+    closers: list[Callable[[], None]] = [kvm.close]
+    try:
+        vm_fd = kvm.create_vm()
+        closers.append(vm_fd.close)
+        memory = GuestMemory.for_size(machine.mem_size_mib * layout.MiB, huge_pages=machine.huge_pages == "2M")
+        closers.insert(0, memory.close)  # unmapped last (closers run in reverse)
+        resources = VmmResources(kvm, vm_fd, memory, closers)
+        _setup_vm(vm_fd, memory)
+        loop = EventLoop()
+        closers.append(loop.close)
+        gate = VcpuGate()
+        vmm = Vmm(resources, loop, gate)
+        from firelet.vmm.device_manager import attach_devices
+
+        device_args = attach_devices(vmm, config, console)
+        cmdline = boot_cmdline(config, device_args)
+        _load_guest(vmm, config, cmdline)
+        install_kick_handler()
+        _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count, metrics)
+        return vmm
+    except BaseException:
+        for closer in reversed(closers):
+            try:
+                closer()
+            except Exception:
+                log.debug("cleanup after a failed build", exc_info=True)
+        raise
+
+
+def _setup_vm(vm_fd: Any, memory: Any) -> None:
+    vm_fd.set_tss_addr(layout.KVM_TSS_START)
+    vm_fd.set_identity_map_addr(layout.KVM_IDENTITY_MAP_START)
+    for slot, region in enumerate(memory.regions):
+        vm_fd.set_user_memory_region(slot, region.guest_addr, region.size, region.host_addr)
+    vm_fd.create_irqchip()
+    vm_fd.create_pit2()
+
+
+def _load_guest(vmm: Vmm, config: VmConfig, cmdline: str) -> None:
+    from firelet.vmm import bootparams, loader, mptable
+
+    assert config.boot_source is not None
+    mem = vmm.memory
+    kernel = loader.load_kernel(mem, Path(config.boot_source.kernel_image_path))
+    initrd = None
+    if config.boot_source.initrd_path:
+        initrd = loader.load_initrd(mem, Path(config.boot_source.initrd_path), kernel)
+    loader.write_cmdline(mem, cmdline)
+    bootparams.write_boot_params(mem, kernel, len(cmdline) + 1, initrd)
+    mptable.write_mptable(mem, config.machine_config.vcpu_count)
+    vmm.kernel = kernel
+    vmm.cmdline = cmdline
+    log.info("kernel %s loaded, entry %#x; cmdline: %s", config.boot_source.kernel_image_path, kernel.entry, cmdline)
+
+
+def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int, metrics: Any) -> None:
+    from firelet.vmm import cpu, cpuid
+
+    mem = vmm.memory
+    supported = kvm.supported_cpuid()
+    cr3 = cpu.setup_page_tables(mem)
+    cpu.write_gdt(mem)
+    io_bus = vmm.io_bus
+    mmio_bus = vmm.mmio_bus
+    for index in range(count):
+        fd = vm_fd.create_vcpu(index)
+        vmm.resources.closers.append(fd.close)
+        fd.set_cpuid2(cpuid.build_cpuid(supported, index, count))
+        fd.set_msrs(cpu.boot_msrs())
+        if index == 0:
+            fd.set_regs(cpu.boot_regs(vmm.kernel.entry, mode="long"))
+            sregs = fd.get_sregs()
+            cpu.boot_sregs(sregs, mem, mode="long", cr3=cr3)
+            fd.set_sregs(sregs)
+            fd.set_fpu(cpu.boot_fpu())
+        lapic = fd.get_lapic()
+        cpu.set_lapic_lint(lapic)
+        fd.set_lapic(lapic)
+        vmm.vcpus.append(Vcpu(index, fd, io_bus, mmio_bus, vmm.gate, vmm.finish, metrics))

@@ -1,0 +1,141 @@
+"""A built, runnable microVM: its KVM objects, memory, devices and threads.
+
+The builder (:mod:`firelet.vmm.builder`) makes a :class:`Vmm`; this module only
+runs it: start the event loop and the vCPU threads, pause and resume them, and
+end everything exactly once when the guest resets, powers off, crashes, or the
+host stops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from firelet.vmm.bus import Bus
+from firelet.vmm.event_loop import EventLoop
+from firelet.vmm.exits import ExitKind, VmExit
+from firelet.vmm.vcpu import Vcpu, VcpuGate
+
+log = logging.getLogger(__name__)
+
+#: How long pause() waits for every vCPU to leave KVM_RUN.
+PAUSE_TIMEOUT_S = 5.0
+
+
+@dataclass
+class VmmResources:
+    """Everything the VM owns that must be released when it ends."""
+
+    kvm: Any
+    vm_fd: Any
+    memory: Any
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+
+class Vmm:
+    def __init__(self, resources: VmmResources, event_loop: EventLoop, gate: VcpuGate) -> None:
+        self.resources = resources
+        self.memory = resources.memory
+        self.event_loop = event_loop
+        self.gate = gate
+        self.vcpus: list[Vcpu] = []
+        self.io_bus = Bus()
+        self.mmio_bus = Bus()
+        self.kernel: Any = None
+        self.cmdline = ""
+        #: Devices by role, for the controller: "serial", "i8042", "block:<id>", ...
+        self.devices: dict[str, Any] = {}
+        self._exit: VmExit | None = None
+        self._exit_lock = threading.Lock()
+        self._done = threading.Event()
+        self._started = False
+        self._closed = False
+        self.boot_time: float | None = None
+        event_loop.on_failure = lambda exc: self.finish(VmExit(ExitKind.VMM_ERROR, f"event loop: {exc}"))
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        if self._started:
+            raise RuntimeError("microVM already started")
+        self._started = True
+        self.boot_time = time.monotonic()
+        self.event_loop.start()
+        for vcpu in self.vcpus:
+            vcpu.start()
+
+    @property
+    def state(self) -> str:
+        if not self._started:
+            return "Not started"
+        if self._done.is_set():
+            return "Stopped"
+        return "Running" if self.gate.running.is_set() else "Paused"
+
+    def pause(self) -> None:
+        """Stop all vCPUs in their tracks; returns once none is inside the guest."""
+        if self._done.is_set():
+            return
+        self.gate.running.clear()
+        for vcpu in self.vcpus:
+            vcpu.kick()
+        if not self.gate.wait_parked(len(self.vcpus), PAUSE_TIMEOUT_S):
+            raise TimeoutError("vCPUs did not stop within 5 s")
+
+    def resume(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.fd.set_immediate_exit(False)
+        self.gate.running.set()
+
+    def finish(self, outcome: VmExit) -> None:
+        """Record how the VM ended (the first report wins) and stop every thread."""
+        with self._exit_lock:
+            if self._exit is not None:
+                return
+            self._exit = outcome
+        log.info("microVM ended: %s", outcome)
+        self.gate.stopping.set()
+        self.gate.running.set()
+        for vcpu in self.vcpus:
+            if vcpu.thread is not threading.current_thread():
+                vcpu.kick()
+        self.event_loop.stop()
+        self._done.set()
+
+    def stop(self, detail: str = "") -> None:
+        self.finish(VmExit(ExitKind.STOPPED, detail))
+
+    def wait(self, timeout: float | None = None) -> VmExit | None:
+        """Block until the VM ends; None if ``timeout`` ran out first."""
+        if not self._done.wait(timeout):
+            return None
+        return self._exit
+
+    @property
+    def exit(self) -> VmExit | None:
+        return self._exit
+
+    def close(self) -> None:
+        """Join the threads, flush and close devices, release KVM objects and memory."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._done.is_set():
+            self.stop("closed")
+        current = threading.current_thread()
+        for vcpu in self.vcpus:
+            if vcpu.thread is not None and vcpu.thread is not current:
+                vcpu.thread.join(timeout=5)
+                if vcpu.thread.is_alive():
+                    log.warning("vCPU %d did not stop", vcpu.index)
+        loop_thread = self.event_loop.thread
+        if loop_thread is not None and loop_thread is not current:
+            loop_thread.join(timeout=5)
+        for closer in reversed(self.resources.closers):
+            try:
+                closer()
+            except Exception:  # keep releasing the rest
+                log.warning("error while releasing the VM", exc_info=True)
