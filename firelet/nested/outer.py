@@ -1,0 +1,259 @@
+"""Preparing the rig's outer Linux: Debian's generic kernel and a busybox initramfs.
+
+Everything is cached under ``cache_dir()/nested/``, keyed by what it is made
+from (the kernel package and version, busybox's bytes, the module list), so
+only the first run downloads and builds; later runs only write the few-KiB
+per-run archive.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from firelet.cache import cache_dir, content_key
+from firelet.errors import FireletError, MissingToolError
+from firelet.nested import initramfs as cpio
+from firelet.nested.modules import OPTIONAL_MODULES, REQUIRED_MODULES, resolve_modules
+
+# Bump when the layout of the base archive changes, to rebuild cached copies.
+_BASE_FORMAT = "1"
+# Debian's generic 6.1 kernel: it has 9p, virtio-pci and kvm-amd as modules.
+_KERNEL_PACKAGE = re.compile(r"linux-image-(6\.1\.0-(\d+)-amd64)-unsigned\Z")
+_BUSYBOX = Path("/bin/busybox")
+# program -> the Debian package that provides it
+_TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "depmod": "kmod", "apt-get": "apt"}
+
+
+class RigPrepareError(FireletError):
+    """The outer kernel or initramfs could not be prepared."""
+
+
+@dataclass(frozen=True)
+class OuterKernel:
+    """A prepared outer kernel: its image and the modules the initramfs carries."""
+
+    release: str        # e.g. "6.1.0-56-amd64"
+    vmlinuz: Path
+    modules: list[Path]  # load order
+
+
+@dataclass(frozen=True)
+class RigBase:
+    """What every run shares: the kernel and the base initramfs."""
+
+    kernel: OuterKernel
+    base_initrd: Path
+
+
+def rig_dir() -> Path:
+    path = cache_dir() / "nested"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialize preparation between concurrent firelet processes."""
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise MissingToolError(f"{argv[0]} is not installed; install it with apt-get") from None
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RigPrepareError(f"{what} failed ({' '.join(argv[:3])}...): {last}")
+    return proc.stdout
+
+
+def _apt_install(package: str) -> None:
+    """Install a Debian package as root, or say which one to install."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        raise MissingToolError(f"the rig needs the Debian package {package}: run apt-get install {package} as root")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    argv = ["apt-get", "install", "-y", "--no-install-recommends", package]
+    if subprocess.run(argv, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True)
+        if subprocess.run(argv, env=env, capture_output=True).returncode != 0:
+            raise MissingToolError(f"could not install the Debian package {package}; install it by hand")
+
+
+def _is_static_elf(path: Path) -> bool:
+    """True for an ELF executable without a program interpreter (PT_INTERP)."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return False
+    if data[:4] != b"\x7fELF" or data[4] != 2:  # 64-bit ELF only
+        return False
+    phoff = int.from_bytes(data[32:40], "little")
+    phentsize = int.from_bytes(data[54:56], "little")
+    phnum = int.from_bytes(data[56:58], "little")
+    for i in range(phnum):
+        off = phoff + i * phentsize
+        if int.from_bytes(data[off:off + 4], "little") == 3:  # PT_INTERP
+            return False
+    return True
+
+
+def ensure_host_tools() -> None:
+    """Install (as root) or name what the rig needs: QEMU, kmod, a static busybox."""
+    for program, package in _TOOLS.items():
+        if not shutil.which(program) and not Path("/usr/sbin", program).exists():
+            _apt_install(package)
+    if not _is_static_elf(_BUSYBOX):
+        _apt_install("busybox-static")
+        if not _is_static_elf(_BUSYBOX):
+            raise MissingToolError("/bin/busybox is not statically linked: install busybox-static")
+
+
+def _candidates(dep_text: str | None = None) -> list[tuple[int, str]]:
+    """Generic 6.1 kernel packages apt can fetch, newest ABI first."""
+    names = _run(["apt-cache", "pkgnames", "linux-image-6.1.0-"], "listing kernel packages").split()
+    found = []
+    for name in names:
+        match = _KERNEL_PACKAGE.match(name)
+        if match:
+            found.append((int(match.group(2)), name))
+    found.sort(reverse=True)
+    usable = []
+    for abi, name in found:
+        policy = _run(["apt-cache", "policy", name], "asking apt about " + name)
+        if re.search(r"Candidate: (?!\(none\))\S+", policy):
+            usable.append((abi, name))
+    return usable
+
+
+def _choose_kernel_package() -> str:
+    usable = _candidates()
+    if not usable and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update"], capture_output=True)
+        usable = _candidates()
+    if not usable:
+        raise MissingToolError(
+            "no Debian package linux-image-6.1.0-<N>-amd64-unsigned is available: "
+            "run apt-get update (Debian 12 bookworm sources)")
+    return usable[0][1]
+
+
+def _cached_kernel() -> OuterKernel | None:
+    """The newest kernel a previous run prepared, if any (so runs need no apt look-up)."""
+    dirs = sorted(rig_dir().glob("kernel-*/done"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for done in dirs:
+        kernel = _load_kernel(done.parent)
+        if kernel is not None:
+            return kernel
+    return None
+
+
+def _load_kernel(directory: Path) -> OuterKernel | None:
+    try:
+        release, *modules = (directory / "done").read_text().split("\n")
+    except OSError:
+        return None
+    paths = [directory / "modules" / m for m in modules if m]
+    vmlinuz = directory / "vmlinuz"
+    if not vmlinuz.exists() or not all(p.exists() for p in paths):
+        return None
+    return OuterKernel(release, vmlinuz, paths)
+
+
+def _fetch_kernel(package: str) -> OuterKernel:
+    """Download, unpack and ``depmod`` the package; keep only vmlinuz and the modules we load."""
+    release = _KERNEL_PACKAGE.match(package).group(1)  # type: ignore[union-attr]
+    with tempfile.TemporaryDirectory(dir=rig_dir()) as tmp:
+        work = Path(tmp)
+        os.chmod(work, 0o755)
+        _run(["apt-get", "download", package], "downloading " + package, cwd=work)
+        debs = list(work.glob("*.deb"))
+        if not debs:
+            raise RigPrepareError(f"apt-get download {package} produced no .deb")
+        version = debs[0].name.split("_")[1]
+        target = rig_dir() / f"kernel-{package}_{version}"
+        loaded = _load_kernel(target)
+        if loaded is not None:
+            return loaded
+        tree = work / "x"
+        _run(["dpkg-deb", "-x", str(debs[0]), str(tree)], "unpacking " + package)
+        _run(["depmod", "-b", str(tree), release], "depmod")
+        moddir = tree / "lib" / "modules" / release
+        if not moddir.exists():
+            moddir = tree / "usr" / "lib" / "modules" / release
+        order = resolve_modules((moddir / "modules.dep").read_text(), REQUIRED_MODULES, OPTIONAL_MODULES)
+        staging = work / "out"
+        (staging / "modules").mkdir(parents=True)
+        shutil.copy2(tree / "boot" / f"vmlinuz-{release}", staging / "vmlinuz")
+        names = []
+        for rel in order:
+            name = rel.rsplit("/", 1)[-1]
+            shutil.copy2(moddir / rel, staging / "modules" / name)
+            names.append(name)
+        (staging / "done").write_text("\n".join([release, *names]) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    kernel = _load_kernel(target)
+    if kernel is None:
+        raise RigPrepareError(f"the prepared kernel in {target} is incomplete; delete it and retry")
+    return kernel
+
+
+def _base_initrd(kernel: OuterKernel) -> Path:
+    busybox = _BUSYBOX.read_bytes()
+    key = content_key(_BASE_FORMAT, kernel.release, hashlib.sha256(busybox).hexdigest(),
+                      *[p.name for p in kernel.modules])
+    path = rig_dir() / f"base-{key}.cpio.gz"
+    if path.exists():
+        return path
+    entries = [cpio.directory(d) for d in ("bin", "dev", "proc", "sys", "tmp", "host", "rig", "lib", "lib/modules")]
+    entries.append(cpio.regular("bin/busybox", busybox, 0o755))
+    entries.append(cpio.symlink("bin/sh", "busybox"))
+    entries += [cpio.regular(f"lib/modules/{p.name}", p.read_bytes()) for p in kernel.modules]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(cpio.gzip_cpio(entries))
+    tmp.replace(path)
+    return path
+
+
+def prepare_base() -> RigBase:
+    """The outer kernel and base initramfs, built (and cached) on first use."""
+    with _locked(rig_dir() / ".lock"):
+        ensure_host_tools()
+        kernel = _cached_kernel() or _fetch_kernel(_choose_kernel_package())
+        return RigBase(kernel, _base_initrd(kernel))
+
+
+def module_paths_inside(kernel: OuterKernel) -> list[str]:
+    """Where the base initramfs puts the modules, in load order."""
+    return [f"/lib/modules/{p.name}" for p in kernel.modules]
+
+
+def write_run_initrd(base: RigBase, init_text: str, cmd_text: str, directory: Path) -> Path:
+    """The base archive with this run's ``/init`` and command script appended."""
+    run_archive = cpio.gzip_cpio([
+        cpio.directory("rig"),
+        cpio.regular("init", init_text.encode(), 0o755),
+        cpio.regular("rig/cmd.sh", cmd_text.encode(), 0o644),
+    ])
+    path = directory / "initrd.gz"
+    with open(path, "wb") as out, open(base.base_initrd, "rb") as src:
+        shutil.copyfileobj(src, out)
+        out.write(run_archive)
+    return path

@@ -1,0 +1,185 @@
+"""Running one command in the rig: boot the outer QEMU, stream its console, return the status.
+
+A run never hangs and never leaves QEMU behind: a deadline kills it (exit
+124), QEMU ending without the exit marker is an error with the console's last
+lines (exit 125), and Ctrl-C or any exception kills it before returning.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import termios
+import time
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from firelet.errors import FireletError, UsageError
+from firelet.nested import outer
+from firelet.nested.init_script import RunSpec, Share, command_script, init_script, rig_environment
+from firelet.nested.qemu import kernel_cmdline, outer_qemu_argv
+from firelet.nested.serial import RigOutput
+
+EXIT_TIMEOUT = 124
+EXIT_RIG_FAILED = 125
+# After the exit marker (written after a sync), how long QEMU may take to power off.
+_POWEROFF_GRACE = 3.0
+
+
+class RigTimeout(FireletError):
+    """The command did not finish within --timeout."""
+
+    exit_code = EXIT_TIMEOUT
+
+
+class RigFailed(FireletError):
+    """The outer Linux or QEMU stopped without reporting the command's status."""
+
+    exit_code = EXIT_RIG_FAILED
+
+
+def _binary_out(stream: TextIO | BinaryIO) -> BinaryIO:
+    buffer = getattr(stream, "buffer", None)
+    return buffer if buffer is not None else stream  # type: ignore[return-value]
+
+
+def _check_dir(path: Path, what: str) -> str:
+    resolved = path.expanduser().resolve()
+    if not resolved.is_dir():
+        raise UsageError(f"{what} {path} is not a directory; pass an existing directory")
+    return str(resolved)
+
+
+def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Path, ...] = (),
+               mem_mib: int = 4096, smp: int = 2, cwd: Path | str | None = None,
+               stdout: TextIO | BinaryIO | None = None, interactive: bool = False,
+               verbose: bool = False, env: dict[str, str] | None = None) -> int:
+    """Run ``argv`` inside the rig's outer Linux (with a real ``/dev/kvm``) and return its status."""
+    if not argv:
+        raise UsageError("no command given: firelet nested -- CMD [ARGS...]")
+    if timeout <= 0 or mem_mib < 256 or smp < 1:
+        raise UsageError("--timeout must be > 0, --mem at least 256 MiB and --smp at least 1")
+    out = _binary_out(stdout if stdout is not None else sys.stdout)
+    share_list = [Share(f"share{i}", _check_dir(Path(p), "--share")) for i, p in enumerate(shares)]
+    spec = RunSpec(
+        argv=list(argv), cwd=_check_dir(Path(cwd or os.getcwd()), "--cwd"),
+        env=rig_environment(dict(os.environ if env is None else env)),
+        nonce=secrets.token_hex(8), shares=share_list, verbose=verbose,
+    )
+    base = outer.prepare_base()
+    spec = RunSpec(**{**spec.__dict__, "modules": outer.module_paths_inside(base.kernel)})
+    with tempfile.TemporaryDirectory(prefix="firelet-rig-") as tmp:
+        initrd = outer.write_run_initrd(base, init_script(spec), command_script(spec), Path(tmp))
+        qemu_argv = outer_qemu_argv(kernel=base.kernel.vmlinuz, initrd=initrd,
+                                    cmdline=kernel_cmdline(verbose=verbose),
+                                    mem_mib=mem_mib, smp=smp, shares=share_list)
+        filt = RigOutput(spec.nonce, show_boot=verbose, strip_cr=not interactive)
+        return _supervise(qemu_argv, filt, out, timeout=timeout, interactive=interactive)
+
+
+def _supervise(qemu_argv: list[str], filt: RigOutput, out: BinaryIO, *, timeout: float,
+               interactive: bool) -> int:
+    """Start QEMU, pump its console through ``filt`` into ``out`` until it ends or the deadline."""
+    saved_tty = _save_tty() if interactive else None
+    try:
+        proc = subprocess.Popen(
+            qemu_argv, stdin=None if interactive else subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            # Non-interactive QEMU gets its own session so a terminal's Ctrl-C reaches only us.
+            start_new_session=not interactive,
+        )
+    except FileNotFoundError:
+        raise FireletError(f"{qemu_argv[0]} is not installed: apt-get install qemu-system-x86") from None
+    errors = bytearray()
+    try:
+        _pump(proc, filt, out, errors, deadline=time.monotonic() + timeout)
+    except _Deadline:
+        _kill(proc)
+        _restore_tty(saved_tty)
+        raise RigTimeout(f"the command did not finish within {timeout:g} s; QEMU was killed "
+                         "(raise --timeout if it needs longer)") from None
+    finally:
+        _kill(proc)
+        _restore_tty(saved_tty)
+    out.write(filt.finish())
+    out.flush()
+    if filt.status is not None:
+        return filt.status
+    where = "while the command ran" if filt.started else "before the command started"
+    _print_tail(filt, errors)
+    raise RigFailed(f"the rig's QEMU exited (status {proc.returncode}) {where} without reporting "
+                    "a status; see the console lines above (-v shows the outer boot log)")
+
+
+class _Deadline(Exception):
+    pass
+
+
+def _pump(proc: subprocess.Popen[bytes], filt: RigOutput, out: BinaryIO, errors: bytearray,
+          *, deadline: float) -> None:
+    assert proc.stdout is not None and proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ, "out")
+    sel.register(proc.stderr, selectors.EVENT_READ, "err")
+    open_streams = 2
+    marker_at: float | None = None
+    while open_streams:
+        now = time.monotonic()
+        if now >= deadline:
+            raise _Deadline()
+        if marker_at is not None and now - marker_at > _POWEROFF_GRACE:
+            return  # status known and flushed to disk; no need to wait for the power-off
+        for key, _ in sel.select(timeout=min(0.5, deadline - now)):
+            data = os.read(key.fd, 65536)
+            if not data:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+            elif key.data == "err":
+                errors += data
+                del errors[:-8192]
+            else:
+                shown = filt.feed(data)
+                if shown:
+                    out.write(shown)
+                    out.flush()
+                if filt.status is not None and marker_at is None:
+                    marker_at = time.monotonic()
+    proc.wait()
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+
+
+def _save_tty() -> list | None:  # type: ignore[type-arg]
+    try:
+        return termios.tcgetattr(sys.stdin.fileno())
+    except (termios.error, ValueError, OSError):
+        return None
+
+
+def _restore_tty(saved: list | None) -> None:  # type: ignore[type-arg]
+    if saved is not None:
+        try:
+            termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
+        except (termios.error, ValueError, OSError):
+            pass
+
+
+def _print_tail(filt: RigOutput, errors: bytearray) -> None:
+    lines = filt.tail_lines(15)
+    err = bytes(errors).decode("utf-8", "replace").strip().splitlines()[-5:]
+    if lines or err:
+        print("firelet: last lines of the rig's console:", file=sys.stderr)
+        for line in lines + [f"qemu: {e}" for e in err]:
+            print(f"  | {line}", file=sys.stderr)
