@@ -32,17 +32,6 @@ DEFAULT_BOOT_ARGS = (
     "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 )
 
-# Legacy devices (PC/AT assignments): COM1 at 0x3f8/IRQ 4, the i8042 at 0x60/0x64/IRQ 1.
-SERIAL_PORT_BASE = 0x3F8
-SERIAL_PORT_COUNT = 8
-SERIAL_IRQ = 4
-I8042_DATA_PORT = 0x60
-I8042_COMMAND_PORT = 0x64
-I8042_IRQ = 1
-#: virtio-mmio QueueNotify register offset (virtio 1.2 §4.2.2).
-VIRTIO_MMIO_QUEUE_NOTIFY = 0x50
-
-
 class BuildError(FireletError):
     """The microVM could not be built from its configuration."""
 

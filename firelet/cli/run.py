@@ -1,0 +1,146 @@
+"""``firelet run``: boot one microVM in the foreground; its outcome is the exit status."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+from typing import Any
+
+from firelet.errors import UsageError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="boot a microVM in the foreground",
+        description="Boot a microVM; exit 0 when the guest reboots or powers off, non-zero on a crash.",
+    )
+    p.add_argument("--config-file", metavar="F", help="a Firecracker JSON configuration file")
+    p.add_argument("--kernel", metavar="K", help="guest kernel: vmlinux (ELF) or bzImage")
+    p.add_argument("--initrd", metavar="I", help="initial ramdisk (cpio, optionally compressed)")
+    p.add_argument("--rootfs", metavar="IMG", help="root filesystem image (raw, e.g. ext4): /dev/vda")
+    p.add_argument("--ro", action="store_true", help="attach --rootfs read-only")
+    p.add_argument(
+        "--drive", action="append", default=[], metavar="id=ID,path=PATH[,ro][,root]",
+        help="an extra virtio-blk drive (repeatable)",
+    )
+    p.add_argument("--cmdline", help="kernel command line (default: console=ttyS0 reboot=k panic=1 ...)")
+    p.add_argument("--cmd", help="shell command for firelet's guest init to run (firelet.cmd=)")
+    p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs, 1..32 (default 1)")
+    p.add_argument("--mem", type=int, default=None, metavar="MiB", help="guest memory in MiB (default 128)")
+    p.add_argument(
+        "--console", default="stdio", metavar="stdio|file:PATH|none",
+        help="where the guest's serial console goes (default stdio)",
+    )
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop the VM after S seconds")
+    p.set_defaults(func=run)
+
+
+def parse_drive(spec: str) -> dict[str, Any]:
+    """``id=data,path=/x.img,ro`` → a Firecracker drive object."""
+    drive: dict[str, Any] = {"is_root_device": False, "is_read_only": False}
+    for item in spec.split(","):
+        key, _, value = item.partition("=")
+        if key == "id" and value:
+            drive["drive_id"] = value
+        elif key == "path" and value:
+            drive["path_on_host"] = value
+        elif key == "ro" and not value:
+            drive["is_read_only"] = True
+        elif key == "root" and not value:
+            drive["is_root_device"] = True
+        else:
+            raise UsageError(f"--drive {spec}: unknown item {item!r}; use id=ID,path=PATH[,ro][,root]")
+    if "drive_id" not in drive or "path_on_host" not in drive:
+        raise UsageError(f"--drive {spec}: needs both id= and path=")
+    return drive
+
+
+def _console(spec: str):  # noqa: ANN202
+    from firelet.vmm.console import FdSink, NullSink
+
+    if spec == "stdio":
+        return FdSink(sys.stdout.fileno()), sys.stdin.isatty()
+    if spec == "none":
+        return NullSink(), False
+    if spec.startswith("file:") and len(spec) > 5:
+        path = spec[5:]
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise UsageError(f"--console {spec}: cannot open {path}: {exc.strerror}") from None
+        return FdSink(fd), False
+    raise UsageError(f"--console {spec}: expected stdio, file:PATH or none")
+
+
+def build_microvm(args: argparse.Namespace, sink: Any, interactive: bool):  # noqa: ANN201
+    from firelet.microvm import MicroVM
+    from firelet.vmm.config import load_config_file
+
+    if args.config_file:
+        if args.kernel or args.rootfs or args.drive or args.initrd:
+            raise UsageError("--config-file describes the whole VM; do not combine it with --kernel/--rootfs/--drive/--initrd")
+        config = load_config_file(args.config_file)
+        return MicroVM(config=config, console=sink, interactive=interactive)
+    if not args.kernel:
+        raise UsageError("no kernel: give --kernel PATH (or --config-file); `firelet build kernel` makes one")
+    return MicroVM(
+        args.kernel,
+        rootfs=args.rootfs,
+        read_only=args.ro,
+        initrd=args.initrd,
+        cmdline=args.cmdline,
+        cmd=args.cmd,
+        vcpus=args.vcpus if args.vcpus is not None else 1,
+        mem_mib=args.mem if args.mem is not None else 128,
+        drives=[parse_drive(d) for d in args.drive],
+        console=sink,
+        interactive=interactive,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    sink, interactive = _console(args.console)
+    vm = build_microvm(args, sink, interactive)
+    return run_foreground(vm, timeout=args.timeout, interactive=interactive)
+
+
+def run_foreground(vm: Any, *, timeout: float | None, interactive: bool) -> int:
+    """Start ``vm``, wait for its end with Ctrl-C/SIGTERM stopping it cleanly, report the outcome."""
+    from firelet.cli.terminal import raw_terminal
+    from firelet.vmm.exits import ExitKind, VmExit
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if vm.vmm is not None:
+            vm.vmm.stop(f"signal {signal.Signals(signum).name}")
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with raw_terminal(interactive):
+            vm.start()
+            deadline = None if timeout is None else _now() + timeout
+            outcome = None
+            while outcome is None:
+                try:
+                    step = 0.5 if deadline is None else max(0.0, min(0.5, deadline - _now()))
+                    outcome = vm.vmm.wait(step)
+                    if outcome is None and deadline is not None and _now() >= deadline:
+                        vm.vmm.finish(VmExit(ExitKind.TIMEOUT, f"no end within {timeout:g} s"))
+                        outcome = vm.vmm.exit
+                except KeyboardInterrupt:
+                    vm.vmm.stop("interrupted")
+            vm.close()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if not outcome.clean:
+        print(f"firelet: {outcome}", file=sys.stderr)
+    return outcome.exit_code
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()

@@ -1,0 +1,163 @@
+"""The library face of firelet: boot and drive a microVM from Python.
+
+    from firelet import MicroVM
+    from firelet.images import build_kernel, build_rootfs
+
+    with MicroVM(kernel=build_kernel().vmlinux, rootfs=build_rootfs(), read_only=True, cmd="uname -a") as vm:
+        print(vm.wait(timeout=60), vm.console.text())
+
+``MicroVM`` turns its arguments into the same validated configuration the
+config file and the API produce, so all three paths build VMs the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from pathlib import Path
+from typing import Any
+
+from firelet.vmm.console import ConsoleBuffer, FdSink, Sink
+from firelet.vmm.exits import ExitKind, VmExit
+
+PathLike = str | os.PathLike[str]
+
+#: The guest-side contract of firelet's rootfs init (guest/rootfs/init).
+_CMD_PARAM = "firelet.cmd="
+
+
+def _cmd_param(cmd: str) -> str:
+    return _CMD_PARAM + base64.b64encode(cmd.encode()).decode()
+
+
+class MicroVM:
+    """One microVM. Build it with keyword arguments, or from a Firecracker-style config."""
+
+    def __init__(
+        self,
+        kernel: PathLike | None = None,
+        *,
+        rootfs: PathLike | None = None,
+        read_only: bool = False,
+        initrd: PathLike | None = None,
+        cmdline: str | None = None,
+        cmd: str | None = None,
+        vcpus: int = 1,
+        mem_mib: int = 128,
+        drives: list[dict[str, Any]] | None = None,
+        console: Sink | None = None,
+        tee: Sink | None = None,
+        interactive: bool = False,
+        config: Any = None,
+        kvm_path: str = "/dev/kvm",
+    ) -> None:
+        """Describe a microVM (nothing is built until :meth:`start`).
+
+        ``cmd`` runs a shell command in firelet's guest image (its init reads it
+        from the command line); ``console`` is where serial output goes (default:
+        kept in :attr:`console`, a :class:`ConsoleBuffer`, also written to ``tee``).
+        """
+        from firelet.vmm.config import VmConfig, convert
+
+        if config is None:
+            if kernel is None:
+                raise TypeError("MicroVM needs a kernel (or a config)")
+            from firelet.vmm.builder import DEFAULT_BOOT_ARGS
+
+            args = cmdline if cmdline is not None else DEFAULT_BOOT_ARGS
+            if cmd is not None:
+                args = f"{args} {_cmd_param(cmd)}"
+            all_drives = []
+            if rootfs is not None:
+                all_drives.append(
+                    {"drive_id": "rootfs", "path_on_host": os.fspath(rootfs), "is_root_device": True,
+                     "is_read_only": read_only}
+                )
+            all_drives.extend(drives or [])
+            boot: dict[str, Any] = {"kernel_image_path": os.fspath(kernel), "boot_args": args}
+            if initrd is not None:
+                boot["initrd_path"] = os.fspath(initrd)
+            config = convert(
+                {
+                    "boot-source": boot,
+                    "drives": all_drives,
+                    "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem_mib},
+                },
+                VmConfig,
+            )
+        self.config = config
+        self.console = ConsoleBuffer(tee=tee) if console is None else console
+        self._interactive = interactive
+        self._kvm_path = kvm_path
+        self.vmm = None
+
+    @classmethod
+    def from_config_file(cls, path: PathLike, **kwargs: Any) -> MicroVM:
+        from firelet.vmm.config import load_config_file
+
+        return cls(config=load_config_file(Path(path)), **kwargs)
+
+    def start(self) -> MicroVM:
+        """Build the VM and start its vCPUs; returns at once (the guest boots in the background)."""
+        from firelet.vmm.builder import ConsoleSpec, build_vmm
+
+        if self.vmm is not None:
+            raise RuntimeError("this MicroVM was already started")
+        spec = ConsoleSpec(self.console, input_fd=0 if self._interactive else None)
+        self.vmm = build_vmm(self.config, spec, kvm_path=self._kvm_path)
+        self.vmm.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> VmExit:
+        """Wait for the guest to end; on timeout the VM is stopped and the outcome says so."""
+        vmm = self._running()
+        outcome = vmm.wait(timeout)
+        if outcome is None:
+            vmm.finish(VmExit(ExitKind.TIMEOUT, f"no end within {timeout} s"))
+            outcome = vmm.exit
+        assert outcome is not None
+        return outcome
+
+    def wait_for_console(self, pattern: str, timeout: float) -> str | None:
+        """Wait until the console output matches the regex ``pattern``; returns the match."""
+        if not isinstance(self.console, ConsoleBuffer):
+            raise RuntimeError("console output is not captured (a custom console sink was given)")
+        match = self.console.wait_for(pattern, timeout)
+        return match.group(0) if match else None
+
+    def pause(self) -> None:
+        self._running().pause()
+
+    def resume(self) -> None:
+        self._running().resume()
+
+    def send_ctrl_alt_del(self) -> None:
+        vmm = self._running()
+        i8042 = vmm.devices["i8042"]
+        vmm.event_loop.call_soon(i8042.trigger_ctrl_alt_del)
+
+    def stop(self) -> None:
+        if self.vmm is not None:
+            self.vmm.stop()
+
+    def close(self) -> None:
+        """Stop the VM if it runs and release everything it holds (disk data is flushed)."""
+        if self.vmm is not None:
+            self.vmm.stop()
+            self.vmm.close()
+
+    def _running(self):  # noqa: ANN202
+        if self.vmm is None:
+            raise RuntimeError("the MicroVM has not been started")
+        return self.vmm
+
+    def __enter__(self) -> MicroVM:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def stdout_sink() -> FdSink:
+    """A sink writing straight to the process's stdout, unbuffered."""
+    return FdSink(1)

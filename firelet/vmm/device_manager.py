@@ -1,0 +1,148 @@
+"""Attach the device model to a VM: buses, interrupt lines, queue notifiers.
+
+Legacy devices sit on the port-I/O bus at their PC/AT addresses; each virtio
+device gets a 4 KiB virtio-mmio window and an IRQ from ``layout`` and is
+announced on the kernel command line (``virtio_mmio.device=``). Interrupts are
+eventfds registered as KVM irqfds; queue notifications are eventfds registered
+as KVM ioeventfds on the QueueNotify register, served by the event loop, so a
+guest kick never stops a vCPU in Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from firelet.devices.interrupt import EventFdInterrupt
+from firelet.errors import UsageError
+from firelet.vmm import layout
+from firelet.vmm.exits import ExitKind, VmExit
+
+if TYPE_CHECKING:  # pragma: no cover
+    from firelet.vmm.builder import ConsoleSpec
+    from firelet.vmm.config import VmConfig
+    from firelet.vmm.vmm import Vmm
+
+log = logging.getLogger(__name__)
+
+# PC/AT legacy assignments.
+SERIAL_PORT_BASE = 0x3F8
+SERIAL_PORT_COUNT = 8
+SERIAL_IRQ = 4
+I8042_DATA_PORT = 0x60
+I8042_COMMAND_PORT = 0x64
+I8042_IRQ = 1
+#: virtio-mmio QueueNotify register offset (virtio 1.2 §4.2.2).
+VIRTIO_MMIO_QUEUE_NOTIFY = 0x50
+#: Bytes read from the host's stdin at a time for the guest console.
+_STDIN_CHUNK = 64
+
+
+def _irq_line(vmm: Vmm, gsi: int) -> EventFdInterrupt:
+    line = EventFdInterrupt(gsi)
+    vmm.resources.vm_fd.register_irqfd(line.fd, gsi)
+    vmm.resources.closers.append(line.close)
+    return line
+
+
+def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec) -> list[str]:
+    """Create and wire every device; returns the kernel command-line fragments they need."""
+    _attach_serial(vmm, console)
+    _attach_i8042(vmm)
+    args: list[str] = []
+    slot = 0
+    from firelet.vmm.builder import ordered_drives
+
+    for drive in ordered_drives(config.drives):
+        from firelet.devices.virtio.block import Block
+
+        device = Block(
+            drive.drive_id,
+            drive.path_on_host,
+            read_only=bool(drive.is_read_only),
+        )
+        vmm.resources.closers.append(device.close)
+        vmm.devices[f"block:{drive.drive_id}"] = device
+        args.append(_attach_virtio(vmm, device, slot))
+        slot += 1
+    return args
+
+
+def _attach_serial(vmm: Vmm, console: ConsoleSpec) -> None:
+    from firelet.devices.legacy.serial import Serial
+
+    line = _irq_line(vmm, SERIAL_IRQ)
+    input_fd = console.input_fd
+    loop = vmm.event_loop
+    reading = {"on": input_fd is not None}
+
+    def resume_input() -> None:  # the guest drained its FIFO: read stdin again
+        if input_fd is not None and not reading["on"]:
+            reading["on"] = True
+            loop.call_soon(lambda: loop.add_reader(input_fd, on_stdin))
+
+    serial = Serial(line, console.sink, on_input_space=resume_input)
+    vmm.io_bus.insert(serial, SERIAL_PORT_BASE, SERIAL_PORT_COUNT)
+    vmm.devices["serial"] = serial
+
+    def on_stdin() -> None:
+        space = serial.input_space()
+        if space <= 0:  # back-pressure: stop reading until the guest catches up
+            loop.remove(input_fd)
+            reading["on"] = False
+            return
+        try:
+            data = os.read(input_fd, min(space, _STDIN_CHUNK))
+        except BlockingIOError:
+            return
+        if not data:  # EOF on stdin: stop reading, the guest keeps running
+            loop.remove(input_fd)
+            reading["on"] = False
+            return
+        serial.enqueue_input(data)
+
+    if input_fd is not None:
+        loop.add_reader(input_fd, on_stdin)
+
+
+def _attach_i8042(vmm: Vmm) -> None:
+    from firelet.devices.legacy.i8042 import I8042
+
+    line = _irq_line(vmm, I8042_IRQ)
+    device = I8042(line, reset_callback=lambda: vmm.finish(VmExit(ExitKind.RESET, "i8042 reset")))
+    vmm.io_bus.insert(_PortWindow(device, I8042_DATA_PORT), I8042_DATA_PORT, 1)
+    vmm.io_bus.insert(_PortWindow(device, I8042_COMMAND_PORT), I8042_COMMAND_PORT, 1)
+    vmm.devices["i8042"] = device
+
+
+class _PortWindow:
+    """Presents one port of a multi-port device at bus offset 0 as its absolute port number."""
+
+    def __init__(self, device: Any, port: int) -> None:
+        self.device = device
+        self.port = port
+
+    def read(self, offset: int, data: memoryview) -> None:
+        self.device.read(self.port + offset, data)
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        self.device.write(self.port + offset, data)
+
+
+def _attach_virtio(vmm: Vmm, device: Any, slot: int) -> str:
+    from firelet.devices.virtio.mmio import MmioTransport
+
+    base = layout.VIRTIO_MMIO_START + slot * layout.VIRTIO_MMIO_SIZE
+    irq = layout.IRQ_BASE + slot
+    if irq > layout.IRQ_MAX:
+        raise UsageError(f"too many virtio devices: at most {layout.IRQ_MAX - layout.IRQ_BASE + 1}")
+    line = _irq_line(vmm, irq)
+    transport = MmioTransport(device, vmm.memory, line)
+    vmm.mmio_bus.insert(transport, base, layout.VIRTIO_MMIO_SIZE)
+    for index in range(transport.queue_count):
+        fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        vmm.resources.closers.append(lambda fd=fd: os.close(fd))
+        vmm.resources.vm_fd.register_ioeventfd(fd, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=index)
+        vmm.event_loop.add_eventfd(fd, lambda index=index: transport.notify(index))
+    return transport.kernel_cmdline_fragment(base, irq)
