@@ -98,6 +98,7 @@ def build_vmm(
     *,
     kvm_path: str = "/dev/kvm",
     metrics: Any = None,
+    event_loop: EventLoop | None = None,
 ) -> Vmm:
     """Build every part of the microVM; the returned :class:`Vmm` is ready to ``start()``."""
     from firelet.kvm import Kvm, install_kick_handler
@@ -116,7 +117,7 @@ def build_vmm(
         closers.insert(0, memory.close)  # unmapped last (closers run in reverse)
         resources = VmmResources(kvm, vm_fd, memory, closers)
         _setup_vm(vm_fd, memory)
-        loop = EventLoop()
+        loop = event_loop if event_loop is not None else EventLoop()
         closers.append(loop.close)
         gate = VcpuGate()
         vmm = Vmm(resources, loop, gate)

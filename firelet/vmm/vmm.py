@@ -63,7 +63,8 @@ class Vmm:
             raise RuntimeError("microVM already started")
         self._started = True
         self.boot_time = time.monotonic()
-        self.event_loop.start()
+        if self.event_loop.thread is None:
+            self.event_loop.start()
         for vcpu in self.vcpus:
             vcpu.start()
 

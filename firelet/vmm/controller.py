@@ -1,0 +1,136 @@
+"""The real VMM behind the API: runs API operations on the VMM's event loop.
+
+Implements :class:`firelet.api.backend.VmmBackend`. The controller owns the
+event loop from process start (so the API can hand it work before the VM
+exists); ``InstanceStart`` builds the VM onto that same loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from firelet.api.backend import BackendError, NotSupported
+from firelet.vmm.event_loop import EventLoop
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class VmmController:
+    def __init__(self, instance_id: str = "anonymous-instance", console: Any = None) -> None:
+        self.instance_id = instance_id
+        self._console = console
+        self.loop = EventLoop()
+        self.loop.start()
+        self.vmm: Any = None
+        self.config: Any = None
+        self._ended = threading.Event()
+
+    # -- threading ------------------------------------------------------------
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+
+        def call() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed back to the API thread
+                future.set_exception(exc)
+
+        self.loop.call_soon(call)
+        return future
+
+    @property
+    def state(self) -> str:
+        if self.vmm is None:
+            return "Not started"
+        state = self.vmm.state
+        return "Paused" if state == "Paused" else "Running"
+
+    # -- operations (run on the event loop) ----------------------------------
+    def start(self, config: Any) -> None:
+        from firelet.vmm.builder import ConsoleSpec, build_vmm
+        from firelet.vmm.console import FdSink
+
+        if self.vmm is not None:
+            raise BackendError("the microVM is already running")
+        console = ConsoleSpec(self._console if self._console is not None else FdSink(1))
+        self.vmm = build_vmm(config, console, event_loop=self.loop)
+        self.config = config
+        self.vmm.start()
+        threading.Thread(target=self._watch, name="fl-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        self.vmm.wait()
+        self._ended.set()
+
+    def _vmm(self) -> Any:
+        if self.vmm is None:
+            raise BackendError("the microVM has not been started")
+        return self.vmm
+
+    def pause(self) -> None:
+        self._vmm().pause()
+
+    def resume(self) -> None:
+        self._vmm().resume()
+
+    def send_ctrl_alt_del(self) -> None:
+        self._vmm().devices["i8042"].trigger_ctrl_alt_del()
+
+    def update_drive(self, drive_id: str, path_on_host: str) -> None:
+        device = self._vmm().devices.get(f"block:{drive_id}")
+        if device is None:
+            raise BackendError(f"no drive with drive_id {drive_id!r}")
+        try:
+            device.update_backing_file(path_on_host)
+        except OSError as exc:
+            raise BackendError(f"drive {drive_id}: cannot open {path_on_host}: {exc.strerror}") from None
+
+    def update_drive_rate_limiter(self, drive_id: str, rate_limiter: Any) -> None:
+        raise NotSupported("drive rate limiters are not supported by firelet yet")
+
+    def update_net_rate_limiters(self, iface_id: str, rx: Any, tx: Any) -> None:
+        raise NotSupported("network interfaces are not supported by firelet yet")
+
+    def balloon_config(self) -> Any:
+        raise NotSupported("the balloon device is not supported by firelet yet")
+
+    def update_balloon(self, amount_mib: int) -> None:
+        raise NotSupported("the balloon device is not supported by firelet yet")
+
+    def balloon_stats(self) -> dict[str, int]:
+        raise NotSupported("the balloon device is not supported by firelet yet")
+
+    def update_balloon_stats_interval(self, stats_polling_interval_s: int) -> None:
+        raise NotSupported("the balloon device is not supported by firelet yet")
+
+    def create_snapshot(self, params: Any) -> None:
+        raise NotSupported("snapshots are not supported by firelet yet")
+
+    def load_snapshot(self, params: Any) -> None:
+        raise NotSupported("snapshots are not supported by firelet yet")
+
+    def flush_metrics(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the VM ends; its exit code (0 for a clean end), None on timeout."""
+        if self.vmm is None:
+            if not self._ended.wait(timeout):
+                return None
+        outcome = self.vmm.wait(timeout)
+        if outcome is None:
+            return None
+        return outcome.exit_code
+
+    def close(self) -> None:
+        if self.vmm is not None:
+            self.vmm.close()
+        else:
+            self.loop.stop()
