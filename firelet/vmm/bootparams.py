@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import struct
 
-from firelet.errors import FireletError
 from firelet.vmm import layout
-from firelet.vmm.loader import BOOT_FLAG_MAGIC, HDRS_MAGIC, LOADED_HIGH, KernelImage
+from firelet.vmm.loader import (  # noqa: F401 - write_cmdline is re-exported for callers of this module
+    BOOT_FLAG_MAGIC,
+    HDRS_MAGIC,
+    LOADED_HIGH,
+    BootConfigError,
+    KernelImage,
+    write_cmdline,
+)
 from firelet.vmm.memory import GuestMemory
 
 ZERO_PAGE_SIZE = 0x1000
@@ -49,10 +55,6 @@ E820_ENTRY = struct.Struct("<QQI")  # struct boot_e820_entry, packed: 20 bytes
 E820_MAX_ENTRIES = 128
 
 
-class BootConfigError(FireletError):
-    """The boot configuration (command line, initrd placement) cannot be given to the guest."""
-
-
 def memory_map(mem: GuestMemory) -> list[tuple[int, int, int]]:
     """Guest RAM as ``[(addr, size, E820_RAM)]``: low RAM below the EBDA, RAM from 1 MiB, and the rest.
 
@@ -70,19 +72,6 @@ def memory_map(mem: GuestMemory) -> list[tuple[int, int, int]]:
     return entries
 
 
-def write_cmdline(mem: GuestMemory, cmdline: str, *, kernel: KernelImage | None = None) -> None:
-    """Write the NUL-terminated command line at CMDLINE_START, checking it fits the kernel and our area."""
-    data = cmdline.encode()
-    if b"\x00" in data:
-        raise BootConfigError("kernel command line contains a NUL character; remove it")
-    limit = layout.CMDLINE_MAX_SIZE - 1 if kernel is None else min(kernel.cmdline_max, layout.CMDLINE_MAX_SIZE - 1)
-    if len(data) > limit:
-        raise BootConfigError(
-            f"kernel command line is {len(data)} bytes, longer than the {limit} the kernel accepts; shorten it"
-        )
-    mem.write(layout.CMDLINE_START, data + b"\x00")
-
-
 def write_boot_params(
     mem: GuestMemory,
     kernel: KernelImage,
@@ -94,8 +83,11 @@ def write_boot_params(
     ``cmdline_size`` is the length of the command line written by
     :func:`write_cmdline`, including its NUL.
     """
-    if not 0 < cmdline_size <= layout.CMDLINE_MAX_SIZE:
-        raise BootConfigError(f"command line size {cmdline_size} is outside 1..{layout.CMDLINE_MAX_SIZE}")
+    if not 0 < cmdline_size <= kernel.cmdline_max + 1:
+        raise BootConfigError(
+            f"kernel command line is {cmdline_size - 1} bytes, longer than the {kernel.cmdline_max} "
+            "the kernel accepts; shorten it"
+        )
     page = bytearray(ZERO_PAGE_SIZE)
     if kernel.setup_header is not None:
         page[SETUP_HEADER : SETUP_HEADER + len(kernel.setup_header)] = kernel.setup_header

@@ -146,8 +146,13 @@ def setup_page_tables(mem: GuestMemory) -> int:
     return layout.PML4_START
 
 
-def boot_sregs(sregs: kvm_sregs, mem: GuestMemory, *, mode: Mode = "long") -> None:
-    """Fill ``sregs`` (from KVM_GET_SREGS) for the entry ``mode``; writes the GDT/IDT (and page tables)."""
+def boot_sregs(sregs: kvm_sregs, mem: GuestMemory, *, mode: Mode = "long", cr3: int | None = None) -> None:
+    """Fill ``sregs`` (from KVM_GET_SREGS) for the entry ``mode``; writes the GDT and IDT.
+
+    In long mode the identity page tables are written too, unless ``cr3`` says
+    they already were (by :func:`setup_page_tables`). Fields this does not
+    name (``apic_base``, ``interrupt_bitmap``, ``cr8``) keep KVM's values.
+    """
     null, code, data, tss = write_gdt(mem, mode=mode)
     sregs.gdt.base = layout.BOOT_GDT_START
     sregs.gdt.limit = 4 * 8 - 1
@@ -157,7 +162,7 @@ def boot_sregs(sregs: kvm_sregs, mem: GuestMemory, *, mode: Mode = "long") -> No
     sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = data
     sregs.tr = tss
     if mode == "long":
-        sregs.cr3 = setup_page_tables(mem)
+        sregs.cr3 = setup_page_tables(mem) if cr3 is None else cr3
         sregs.cr4 = X86_CR4_PAE
         sregs.cr0 = X86_CR0_PE | X86_CR0_ET | X86_CR0_PG
         sregs.efer = EFER_LME | EFER_LMA

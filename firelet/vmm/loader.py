@@ -70,10 +70,16 @@ _SECTOR = 512
 _DEFAULT_SETUP_SECTS = 4  # boot.rst: "If this field is 0, the real value is 4"
 #: boot.rst, initrd_addr_max: "for boot protocols 2.02 or earlier, the maximum is 0x37FFFFFF".
 DEFAULT_INITRD_ADDR_MAX = 0x37FFFFFF
+#: An ELF kernel states no limit; x86 Linux's COMMAND_LINE_SIZE (asm/setup.h) is 2048 with the NUL.
+ELF_CMDLINE_MAX = 2047
 
 
 class KernelLoadError(FireletError):
     """The kernel or initrd image is not usable (not a kernel, truncated, too big for the VM)."""
+
+
+class BootConfigError(FireletError):
+    """The boot configuration (command line, initrd placement) cannot be given to the guest."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class KernelImage:
     setup_header: bytes | None = None
     initrd_addr_max: int = DEFAULT_INITRD_ADDR_MAX
     #: Longest command line the kernel accepts, without the terminating NUL.
-    cmdline_max: int = layout.CMDLINE_MAX_SIZE - 1
+    cmdline_max: int = ELF_CMDLINE_MAX
     kernel_alignment: int = 0x1000000
 
 
@@ -177,6 +183,19 @@ def initrd_address(mem: GuestMemory, kernel: KernelImage, size: int) -> int | No
     if addr < _align_up(kernel.end, PAGE_SIZE) or not mem.check_range(addr, size):
         return None
     return addr
+
+
+def write_cmdline(mem: GuestMemory, cmdline: str, *, kernel: KernelImage | None = None) -> None:
+    """Write the NUL-terminated command line at CMDLINE_START, checking it fits the kernel and our area."""
+    data = cmdline.encode()
+    if b"\x00" in data:
+        raise BootConfigError("kernel command line contains a NUL character; remove it")
+    limit = layout.CMDLINE_MAX_SIZE - 1 if kernel is None else min(kernel.cmdline_max, layout.CMDLINE_MAX_SIZE - 1)
+    if len(data) > limit:
+        raise BootConfigError(
+            f"kernel command line is {len(data)} bytes, longer than the {limit} the kernel accepts; shorten it"
+        )
+    mem.write(layout.CMDLINE_START, data + b"\x00")
 
 
 def _low_ram_end(mem: GuestMemory, kernel: KernelImage) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import struct
 
 from firelet.vmm import layout
-from firelet.vmm.bootparams import BootConfigError, memory_map, write_cmdline
+from firelet.vmm.bootparams import memory_map
+from firelet.vmm.loader import BootConfigError, KernelImage, write_cmdline
 from firelet.vmm.memory import GuestMemory
 
 XEN_HVM_START_MAGIC_VALUE = 0x336EC578
@@ -40,14 +41,17 @@ def write_pvh_start_info(
     mem: GuestMemory,
     cmdline: str | int | None,
     initrd: tuple[int, int] | None = None,
+    *,
+    kernel: KernelImage | None = None,
 ) -> int:
     """Write start_info, the module list (the initrd) and the memory map; returns start_info's address.
 
     ``cmdline`` is either the command line itself (written at CMDLINE_START
-    here) or the guest address where it was already written, or None.
+    here, checked against ``kernel``'s limit) or the guest address where it was
+    already written, or None.
     """
     if isinstance(cmdline, str):
-        write_cmdline(mem, cmdline)
+        write_cmdline(mem, cmdline, kernel=kernel)
         cmdline_paddr = layout.CMDLINE_START
     else:
         cmdline_paddr = cmdline or 0  # start_info.h: a 0 address means "not present"
