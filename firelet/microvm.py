@@ -12,7 +12,6 @@ config file and the API produce, so all three paths build VMs the same way.
 
 from __future__ import annotations
 
-import base64
 import os
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,6 @@ from firelet.vmm.console import ConsoleBuffer, FdSink, Sink
 from firelet.vmm.exits import ExitKind, VmExit
 
 PathLike = str | os.PathLike[str]
-
-#: The guest-side contract of firelet's rootfs init (guest/rootfs/init).
-_CMD_PARAM = "firelet.cmd="
-
-
-def _cmd_param(cmd: str) -> str:
-    return _CMD_PARAM + base64.b64encode(cmd.encode()).decode()
-
 
 class MicroVM:
     """One microVM. Build it with keyword arguments, or from a Firecracker-style config."""
@@ -66,7 +57,9 @@ class MicroVM:
 
             args = cmdline if cmdline is not None else DEFAULT_BOOT_ARGS
             if cmd is not None:
-                args = f"{args} {_cmd_param(cmd)}"
+                from firelet.images import guest_cmdline_for
+
+                args = f"{args} {guest_cmdline_for(cmd)}"
             all_drives = []
             if rootfs is not None:
                 all_drives.append(

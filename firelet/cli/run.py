@@ -35,6 +35,7 @@ def register(sub: Any) -> None:
         help="where the guest's serial console goes (default stdio)",
     )
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop the VM after S seconds")
+    p.add_argument("--kvm-device", default="/dev/kvm", metavar="PATH", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
 
@@ -83,7 +84,7 @@ def build_microvm(args: argparse.Namespace, sink: Any, interactive: bool):  # no
         if args.kernel or args.rootfs or args.drive or args.initrd:
             raise UsageError("--config-file describes the whole VM; do not combine it with --kernel/--rootfs/--drive/--initrd")
         config = load_config_file(args.config_file)
-        return MicroVM(config=config, console=sink, interactive=interactive)
+        return MicroVM(config=config, console=sink, interactive=interactive, kvm_path=args.kvm_device)
     if not args.kernel:
         raise UsageError("no kernel: give --kernel PATH (or --config-file); `firelet build kernel` makes one")
     return MicroVM(
@@ -98,6 +99,7 @@ def build_microvm(args: argparse.Namespace, sink: Any, interactive: bool):  # no
         drives=[parse_drive(d) for d in args.drive],
         console=sink,
         interactive=interactive,
+        kvm_path=args.kvm_device,
     )
 
 

@@ -126,7 +126,7 @@ def build_vmm(
         device_args = attach_devices(vmm, config, console)
         cmdline = boot_cmdline(config, device_args)
         _load_guest(vmm, config, cmdline)
-        install_kick_handler()
+        _ensure_kick_handler(install_kick_handler)
         _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count, metrics)
         return vmm
     except BaseException:
@@ -136,6 +136,22 @@ def build_vmm(
             except Exception:
                 log.debug("cleanup after a failed build", exc_info=True)
         raise
+
+
+def _ensure_kick_handler(install: Callable[[], None]) -> None:
+    """Pausing and stopping vCPUs needs the kick signal's handler, installable only from the main thread."""
+    import signal
+    import threading
+
+    from firelet.kvm import KICK_SIGNAL
+
+    if threading.current_thread() is threading.main_thread():
+        install()
+    elif signal.getsignal(KICK_SIGNAL) in (signal.SIG_DFL, signal.SIG_IGN, None):
+        raise BuildError(
+            "the vCPU kick handler is not installed: call firelet.kvm.install_kick_handler() "
+            "from the main thread before building a VM from another thread"
+        )
 
 
 def _setup_vm(vm_fd: Any, memory: Any) -> None:
