@@ -1,0 +1,139 @@
+"""Counters every part of the VMM bumps, written as Firecracker-style JSON lines.
+
+Hot paths (vCPU exits, block and net I/O, the serial port) increment plain
+attributes: ``METRICS.block.read_bytes += n``. No locks: each counter has one
+writer thread in practice, and a flush reads the current values without
+resetting them, emitting the difference from the previous flush (Firecracker's
+``SharedIncMetric`` semantics), so no increment is ever lost to a reset race.
+
+The top-level keys follow Firecracker's metrics (``api_server``,
+``get_api_requests``, ``put_api_requests``, ``patch_api_requests``, ``block``,
+``net``, ``vcpu``, ``uart``, ``logger``) where they mean the same thing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import threading
+import time
+from typing import Any
+
+#: Firecracker writes metrics every 60 s (docs/metrics.md).
+FLUSH_INTERVAL_S = 60.0
+
+
+class Area:
+    """A named group of integer counters; reading one that was never set gives 0."""
+
+    def __init__(self, **declared: int) -> None:
+        self.__dict__.update(declared)
+
+    def __getattr__(self, name: str) -> int:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return 0
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Increment a counter whose name is computed (e.g. a vCPU exit reason or an endpoint)."""
+        self.__dict__[name] = self.__dict__.get(name, 0) + amount
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class Metrics:
+    """The registry: one :class:`Area` per part of the VMM."""
+
+    def __init__(self) -> None:
+        self.api_server = Area(process_startup_time_us=0, process_startup_time_cpu_us=0)
+        self.get_api_requests = Area()
+        self.put_api_requests = Area()
+        self.patch_api_requests = Area()
+        self.vcpu = Area(exit_io_in=0, exit_io_out=0, exit_mmio_read=0, exit_mmio_write=0, failures=0)
+        self.block = Area(read_bytes=0, write_bytes=0, read_count=0, write_count=0, flush_count=0,
+                          rate_limiter_throttled_events=0, invalid_reqs_count=0)
+        self.net = Area(rx_bytes_count=0, tx_bytes_count=0, rx_packets_count=0, tx_packets_count=0,
+                        rx_rate_limiter_throttled=0, tx_rate_limiter_throttled=0)
+        self.rate_limiter = Area(throttled_events=0)
+        self.uart = Area(read_count=0, write_count=0, missed_write_count=0)
+        self.logger = Area(missed_log_count=0, missed_metrics_count=0, metrics_fails=0)
+        self._areas = {name: area for name, area in vars(self).items() if isinstance(area, Area)}
+        self._last: dict[str, dict[str, int]] = {}
+
+    def deltas(self) -> dict[str, Any]:
+        """Every counter's change since the previous call, shaped as one metrics line."""
+        line: dict[str, Any] = {"utc_timestamp_ms": int(time.time() * 1000)}
+        for name, area in self._areas.items():
+            now = area.snapshot()
+            before = self._last.get(name, {})
+            line[name] = {key: value - before.get(key, 0) for key, value in now.items()}
+            self._last[name] = now
+        return line
+
+
+#: The process-wide registry.
+METRICS = Metrics()
+
+
+def open_sink(path: str) -> int:
+    """Open a metrics or log destination: append to a file, or write to a FIFO without blocking.
+
+    A FIFO is opened read-write (Linux fifo(7)) so the open succeeds with no
+    reader yet, and non-blocking so a stalled reader costs lost lines, never a
+    stalled VMM.
+    """
+    try:
+        is_fifo = stat.S_ISFIFO(os.stat(path).st_mode)
+    except FileNotFoundError:
+        is_fifo = False
+    if is_fifo:
+        return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+def write_line(fd: int, line: bytes) -> bool:
+    """Write one whole line, or nothing useful: False when it could not all go out."""
+    try:
+        return os.write(fd, line) == len(line)
+    except OSError:
+        return False
+
+
+class MetricsWriter:
+    """Writes :data:`METRICS` deltas to a file or FIFO every minute and on demand."""
+
+    def __init__(self, path: str, metrics: Metrics = METRICS, *, interval_s: float = FLUSH_INTERVAL_S) -> None:
+        self.path = path
+        self._metrics = metrics
+        self._fd = open_sink(path)
+        self._interval = interval_s
+        self._lock = threading.Lock()  # the periodic thread and FlushMetrics may race
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fc_metrics", daemon=True)
+        self._thread.start()
+
+    def flush(self) -> bool:
+        """Write one line now; a line that cannot be written is counted as missed."""
+        with self._lock:
+            if self._fd < 0:
+                return False
+            line = json.dumps(self._metrics.deltas(), separators=(",", ":")).encode() + b"\n"
+            ok = write_line(self._fd, line)
+        if not ok:
+            self._metrics.logger.missed_metrics_count += 1
+        return ok
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+    def close(self) -> None:
+        """Write a last line and stop."""
+        self._stop.set()
+        self.flush()
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
