@@ -172,7 +172,7 @@ def _load_guest(vmm: Vmm, config: VmConfig, cmdline: str) -> None:
     initrd = None
     if config.boot_source.initrd_path:
         initrd = loader.load_initrd(mem, Path(config.boot_source.initrd_path), kernel)
-    loader.write_cmdline(mem, cmdline)
+    loader.write_cmdline(mem, cmdline, kernel=kernel)
     bootparams.write_boot_params(mem, kernel, len(cmdline) + 1, initrd)
     mptable.write_mptable(mem, config.machine_config.vcpu_count)
     vmm.kernel = kernel

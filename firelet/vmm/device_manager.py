@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 SERIAL_PORT_BASE = 0x3F8
 SERIAL_PORT_COUNT = 8
 SERIAL_IRQ = 4
-I8042_DATA_PORT = 0x60
-I8042_COMMAND_PORT = 0x64
 I8042_IRQ = 1
 #: virtio-mmio QueueNotify register offset (virtio 1.2 §4.2.2).
 VIRTIO_MMIO_QUEUE_NOTIFY = 0x50
@@ -107,42 +105,28 @@ def _attach_serial(vmm: Vmm, console: ConsoleSpec) -> None:
 
 
 def _attach_i8042(vmm: Vmm) -> None:
-    from firelet.devices.legacy.i8042 import I8042
+    from firelet.devices.legacy.i8042 import COMMAND_PORT, DATA_PORT, I8042
 
     line = _irq_line(vmm, I8042_IRQ)
-    device = I8042(line, reset_callback=lambda: vmm.finish(VmExit(ExitKind.RESET, "i8042 reset")))
-    vmm.io_bus.insert(_PortWindow(device, I8042_DATA_PORT), I8042_DATA_PORT, 1)
-    vmm.io_bus.insert(_PortWindow(device, I8042_COMMAND_PORT), I8042_COMMAND_PORT, 1)
+    device = I8042(lambda: vmm.finish(VmExit(ExitKind.RESET, "i8042 reset")), line)
+    vmm.io_bus.insert(device.port(DATA_PORT), DATA_PORT, 1)
+    vmm.io_bus.insert(device.port(COMMAND_PORT), COMMAND_PORT, 1)
     vmm.devices["i8042"] = device
 
 
-class _PortWindow:
-    """Presents one port of a multi-port device at bus offset 0 as its absolute port number."""
-
-    def __init__(self, device: Any, port: int) -> None:
-        self.device = device
-        self.port = port
-
-    def read(self, offset: int, data: memoryview) -> None:
-        self.device.read(self.port + offset, data)
-
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        self.device.write(self.port + offset, data)
-
-
 def _attach_virtio(vmm: Vmm, device: Any, slot: int) -> str:
-    from firelet.devices.virtio.mmio import MmioTransport
+    from firelet.devices.virtio.mmio import MmioTransport, kernel_cmdline_fragment
 
     base = layout.VIRTIO_MMIO_START + slot * layout.VIRTIO_MMIO_SIZE
     irq = layout.IRQ_BASE + slot
     if irq > layout.IRQ_MAX:
         raise UsageError(f"too many virtio devices: at most {layout.IRQ_MAX - layout.IRQ_BASE + 1}")
     line = _irq_line(vmm, irq)
-    transport = MmioTransport(device, vmm.memory, line)
+    transport = MmioTransport(vmm.memory, device, line)
     vmm.mmio_bus.insert(transport, base, layout.VIRTIO_MMIO_SIZE)
     for index in range(transport.queue_count):
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         vmm.resources.closers.append(lambda fd=fd: os.close(fd))
         vmm.resources.vm_fd.register_ioeventfd(fd, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=index)
         vmm.event_loop.add_eventfd(fd, lambda index=index: transport.notify(index))
-    return transport.kernel_cmdline_fragment(base, irq)
+    return kernel_cmdline_fragment(base, irq)
