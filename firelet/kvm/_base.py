@@ -41,6 +41,26 @@ def request_name(request: int) -> str:
     return _names().get(request, f"ioctl {request:#x}")
 
 
+_INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
+
+
+@lru_cache(maxsize=None)
+def _libc_ioctl() -> ctypes._CFuncPtr:
+    func = ctypes.CDLL(None, use_errno=True).ioctl
+    func.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+    func.restype = ctypes.c_int
+    return func
+
+
+def _ioctl_ulong(fd: int, request: int, arg: int) -> int:
+    """ioctl with an unsigned long value, which fcntl.ioctl cannot pass (it takes a C int)."""
+    result = _libc_ioctl()(fd, request, arg)
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return result
+
+
 def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array = 0) -> int:
     """Issue one ioctl; an int ``arg`` is passed by value, a ctypes object by reference.
 
@@ -48,7 +68,9 @@ def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array = 0)
     """
     try:
         if isinstance(arg, int):
-            return fcntl.ioctl(fd, request, arg)
+            if _INT_MIN <= arg <= _INT_MAX:
+                return fcntl.ioctl(fd, request, arg)
+            return _ioctl_ulong(fd, request, arg)
         return fcntl.ioctl(fd, request, arg, True)
     except OSError as exc:
         raise kvm_error(request, exc) from exc

@@ -21,7 +21,9 @@ _u32 = ctypes.c_uint32
 _s32 = ctypes.c_int32
 _u64 = ctypes.c_uint64
 _s64 = ctypes.c_int64
-_char = ctypes.c_char
+# C ``char`` arrays are unsigned bytes here: ctypes turns a c_char array field into
+# ``bytes`` cut at the first NUL, which would lose LAPIC and irqchip register data.
+_char = ctypes.c_uint8
 
 # --- linux/kvm.h: exit reasons (kvm_run.exit_reason) ---
 KVM_EXIT_UNKNOWN = 0

@@ -132,6 +132,7 @@ class VcpuFd:
         ioctl(self.fd, K.KVM_SET_SREGS, sregs)
 
     def get_fpu(self) -> S.kvm_fpu:
+        """KVM_GET_FPU; the kernel leaves ``mxcsr`` zero here (use get_xsave for it)."""
         return self._get(K.KVM_GET_FPU, S.kvm_fpu())
 
     def set_fpu(self, fpu: S.kvm_fpu) -> None:
