@@ -1,0 +1,275 @@
+"""A 16550A UART, as Linux's 8250 driver probes and drives it (the guest console).
+
+Transmission is instant: a byte written to THR goes straight to the sink, so
+THRE and TEMT always read as set and a THRE interrupt is re-raised after every
+byte. The interrupt line is an edge (irqfd): we trigger it whenever an enabled
+interrupt condition becomes true, as the 8250 driver's handler then reads IIR
+until nothing is pending.
+
+Receive side: one bounded queue of ``input_capacity`` bytes stands for the
+16550's FIFO plus a host-side buffer. ``enqueue_input`` takes at most
+``input_space()`` bytes and drops (and counts) the rest, so the event loop
+should read no more than ``input_space()`` from stdin and stop polling stdin
+while it is 0; ``on_input_space`` (if given) is called when a guest read makes
+room again, so the loop can resume.
+
+Register map and bits: PC16550D datasheet, and Linux include/uapi/linux/serial_reg.h.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+from firelet.devices.interrupt import Interrupt
+
+log = logging.getLogger(__name__)
+
+#: Port offsets from the base (0x3f8 for COM1). DLAB=1 turns 0/1 into DLL/DLM.
+DATA = 0  # RBR (read) / THR (write)
+IER = 1
+IIR = 2  # read
+FCR = 2  # write
+LCR = 3
+MCR = 4
+LSR = 5
+MSR = 6
+SCR = 7
+PORT_COUNT = 8
+
+IER_RDI = 0x01  # received data available
+IER_THRI = 0x02  # transmitter holding register empty
+IER_RLSI = 0x04  # receiver line status
+IER_MSI = 0x08  # modem status
+_IER_MASK = 0x0F  # a 16550A keeps only these (Linux's autoconfig checks UUE, bit 6, reads 0)
+
+IIR_NO_INT = 0x01
+IIR_MSI = 0x00
+IIR_THRI = 0x02
+IIR_RDI = 0x04
+IIR_FIFO_ENABLED = 0xC0  # both bits set: "16550A" to autoconfig
+
+FCR_ENABLE_FIFO = 0x01
+FCR_CLEAR_RCVR = 0x02
+FCR_CLEAR_XMIT = 0x04
+
+LCR_DLAB = 0x80
+
+MCR_DTR = 0x01
+MCR_RTS = 0x02
+MCR_OUT1 = 0x04
+MCR_OUT2 = 0x08
+MCR_LOOP = 0x10
+_MCR_MASK = 0x1F
+
+LSR_DR = 0x01
+LSR_THRE = 0x20
+LSR_TEMT = 0x40
+
+MSR_CTS = 0x10
+MSR_DSR = 0x20
+MSR_RI = 0x40
+MSR_DCD = 0x80
+#: Outside loopback the "cable" says a terminal is present and ready.
+_MSR_DEFAULT = MSR_DCD | MSR_DSR | MSR_CTS
+
+#: 115200 / 12 = 9600 baud, the reset divisor.
+_DEFAULT_DIVISOR = 12
+#: Receive queue capacity: the 16550A's 16-byte FIFO plus room for a pasted line.
+DEFAULT_INPUT_CAPACITY = 4096
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
+class Serial:
+    """COM port registers at offsets 0..7 of a bus range; see the module docstring."""
+
+    def __init__(
+        self,
+        interrupt: Interrupt,
+        sink: Sink | None = None,
+        *,
+        input_capacity: int = DEFAULT_INPUT_CAPACITY,
+        on_input_space: Callable[[], None] | None = None,
+    ) -> None:
+        self._interrupt = interrupt
+        self._sink = sink
+        self._capacity = max(1, input_capacity)
+        self._on_input_space = on_input_space
+        self._lock = threading.Lock()
+        self._rx: deque[int] = deque()
+        self.tx_bytes = 0
+        self.rx_bytes = 0
+        self.rx_dropped = 0
+        self.tx_dropped = 0
+        self._ier = 0
+        self._lcr = 0x03  # 8N1
+        self._mcr = MCR_OUT2
+        self._fcr = 0
+        self._scr = 0
+        self._dll = _DEFAULT_DIVISOR
+        self._dlm = 0
+        self._thre_pending = False  # cleared by reading IIR that reports it, set when THR empties
+
+    # -- bus interface ------------------------------------------------------
+    def read(self, offset: int, data: memoryview) -> None:
+        if len(data) == 0:
+            return
+        with self._lock:
+            value, space_freed = self._read_register(offset)
+        data[0] = value
+        for i in range(1, len(data)):
+            data[i] = 0
+        if space_freed and self._on_input_space is not None:
+            self._on_input_space()
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        if len(data) == 0:
+            return
+        with self._lock:
+            out, fire = self._write_register(offset, data[0])
+        if out is not None:
+            self._emit(out)
+        if fire:
+            self._interrupt.trigger()
+
+    # -- host side ----------------------------------------------------------
+    def input_space(self) -> int:
+        """How many bytes ``enqueue_input`` accepts right now."""
+        with self._lock:
+            return self._capacity - len(self._rx)
+
+    def enqueue_input(self, data: bytes) -> int:
+        """Queue host input for the guest (thread-safe); returns how many bytes were taken."""
+        with self._lock:
+            was_empty = not self._rx
+            taken = min(len(data), self._capacity - len(self._rx))
+            self._rx.extend(data[:taken])
+            self.rx_dropped += len(data) - taken
+            fire = was_empty and taken > 0 and bool(self._ier & IER_RDI)
+        if fire:
+            self._interrupt.trigger()
+        return taken
+
+    def set_sink(self, sink: Sink | None) -> None:
+        self._sink = sink
+
+    # -- registers ----------------------------------------------------------
+    def _read_register(self, offset: int) -> tuple[int, bool]:
+        dlab = self._lcr & LCR_DLAB
+        if offset == DATA:
+            if dlab:
+                return self._dll, False
+            if not self._rx:
+                return 0, False
+            was_full = len(self._rx) >= self._capacity
+            self.rx_bytes += 1
+            return self._rx.popleft(), was_full
+        if offset == IER:
+            return (self._dlm if dlab else self._ier), False
+        if offset == IIR:
+            return self._read_iir(), False
+        if offset == LCR:
+            return self._lcr, False
+        if offset == MCR:
+            return self._mcr, False
+        if offset == LSR:
+            return (LSR_DR if self._rx else 0) | LSR_THRE | LSR_TEMT, False
+        if offset == MSR:
+            return self._msr(), False
+        if offset == SCR:
+            return self._scr, False
+        return 0xFF, False
+
+    def _read_iir(self) -> int:
+        fifo = IIR_FIFO_ENABLED if self._fcr & FCR_ENABLE_FIFO else 0
+        # Priorities (16550D table 4): line status > received data > THRE > modem status.
+        if self._ier & IER_RDI and self._rx:
+            return fifo | IIR_RDI
+        if self._ier & IER_THRI and self._thre_pending:
+            self._thre_pending = False  # reading IIR that identifies THRE clears it
+            return fifo | IIR_THRI
+        return fifo | IIR_NO_INT
+
+    def _msr(self) -> int:
+        if not self._mcr & MCR_LOOP:
+            return _MSR_DEFAULT
+        # Loopback wires the modem outputs back to the inputs (datasheet §8.6).
+        msr = 0
+        if self._mcr & MCR_RTS:
+            msr |= MSR_CTS
+        if self._mcr & MCR_DTR:
+            msr |= MSR_DSR
+        if self._mcr & MCR_OUT1:
+            msr |= MSR_RI
+        if self._mcr & MCR_OUT2:
+            msr |= MSR_DCD
+        return msr
+
+    def _write_register(self, offset: int, value: int) -> tuple[int | None, bool]:
+        """Apply a write; returns (byte for the sink or None, whether to raise the line)."""
+        dlab = self._lcr & LCR_DLAB
+        if offset == DATA:
+            if dlab:
+                self._dll = value
+                return None, False
+            return self._transmit(value)
+        if offset == IER:
+            if dlab:
+                self._dlm = value
+                return None, False
+            old, self._ier = self._ier, value & _IER_MASK
+            fire = False
+            if self._ier & IER_THRI and not old & IER_THRI:
+                self._thre_pending = True  # THR is always empty: enabling ETBEI raises THRE
+                fire = True
+            if self._ier & IER_RDI and not old & IER_RDI and self._rx:
+                fire = True
+            return None, fire
+        if offset == FCR:
+            self._fcr = value & 0xC9
+            if value & FCR_CLEAR_RCVR:
+                self._rx.clear()
+            return None, False
+        if offset == LCR:
+            self._lcr = value
+        elif offset == MCR:
+            self._mcr = value & _MCR_MASK
+        elif offset == SCR:
+            self._scr = value
+        # LSR and MSR are read-only; writes are ignored.
+        return None, False
+
+    def _transmit(self, value: int) -> tuple[int | None, bool]:
+        out: int | None = value
+        fire = False
+        if self._mcr & MCR_LOOP:
+            out = None  # loopback: the byte comes back on the receive side, not the wire
+            if len(self._rx) < self._capacity:
+                fire = not self._rx and bool(self._ier & IER_RDI)
+                self._rx.append(value)
+        if self._ier & IER_THRI:
+            self._thre_pending = True
+            fire = True
+        return out, fire
+
+    def _emit(self, value: int) -> None:
+        sink = self._sink
+        self.tx_bytes += 1
+        if sink is None:
+            return
+        try:
+            sink.write(bytes((value,)))
+            sink.flush()  # a console must never hold back a prompt
+        except (OSError, ValueError) as exc:
+            # A closed or broken sink must not take the guest down with it.
+            self.tx_dropped += 1
+            if self.tx_dropped == 1:
+                log.warning("serial output dropped: %s", exc)

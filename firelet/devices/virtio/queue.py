@@ -1,0 +1,285 @@
+"""The split virtqueue, device side (virtio 1.2 §2.7 "Split Virtqueues").
+
+The driver owns the descriptor table and the available ring, the device owns
+the used ring; all three live in guest memory and are hostile input. Every
+index and address read from them is checked here, and a bad chain comes back as
+a :class:`DescriptorChain` whose ``error`` says what is wrong (a value the device
+turns into a failed request), never as an exception.
+
+Memory ordering: x86 keeps stores in order and loads in order, which covers
+"write used entries, then used idx". The store-then-load cases (used idx, then
+used_event; avail_event, then avail idx) need a full barrier; a locked
+instruction is one, and acquiring a ``threading.Lock`` executes one.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import threading
+from dataclasses import dataclass, field
+
+from firelet.vmm.memory import GuestMemory
+
+# §2.7.5 The Virtqueue Descriptor Table.
+VIRTQ_DESC_F_NEXT = 1
+VIRTQ_DESC_F_WRITE = 2
+VIRTQ_DESC_F_INDIRECT = 4
+# §2.7.6 / §2.7.8 ring flags.
+VIRTQ_AVAIL_F_NO_INTERRUPT = 1
+VIRTQ_USED_F_NO_NOTIFY = 1
+# §6 Reserved feature bits.
+VIRTIO_RING_F_INDIRECT_DESC = 28
+VIRTIO_RING_F_EVENT_IDX = 29
+
+DESC_SIZE = 16  # le64 addr, le32 len, le16 flags, le16 next
+_DESC = struct.Struct("<QIHH")
+_U16 = struct.Struct("<H")
+_USED_ELEM = struct.Struct("<II")
+# §2.7 alignment requirements: table 16, available ring 2, used ring 4.
+DESC_ALIGN = 16
+AVAIL_ALIGN = 2
+USED_ALIGN = 4
+#: The largest queue size the split ring format allows (§2.7: "Queue Size ... 32768").
+MAX_QUEUE_SIZE = 32768
+
+_barrier_lock = threading.Lock()
+
+
+def _full_barrier() -> None:
+    """A full memory fence (see the module docstring)."""
+    with _barrier_lock:
+        pass
+
+
+def avail_ring_size(size: int) -> int:
+    """Bytes of the available ring: flags, idx, ring[size], used_event."""
+    return 6 + 2 * size
+
+
+def used_ring_size(size: int) -> int:
+    """Bytes of the used ring: flags, idx, ring[size] of (id, len), avail_event."""
+    return 6 + 8 * size
+
+
+class ChainError(enum.Enum):
+    """Why a descriptor chain was refused."""
+
+    HEAD_OUT_OF_RANGE = "head index is not below the queue size"
+    NEXT_OUT_OF_RANGE = "a next index is not below the table size"
+    TOO_LONG = "the chain is longer than its table (a loop)"
+    BAD_BUFFER = "a buffer is not inside guest memory"
+    READ_AFTER_WRITE = "a device-readable buffer follows a device-writable one"
+    INDIRECT_NOT_NEGOTIATED = "an indirect descriptor without VIRTIO_RING_F_INDIRECT_DESC"
+    BAD_INDIRECT_TABLE = "an indirect table that is empty, not a multiple of 16 or not in memory"
+    NESTED_INDIRECT = "an indirect descriptor inside an indirect table"
+    INDIRECT_WITH_NEXT = "an indirect descriptor that also has NEXT"
+
+
+@dataclass(slots=True, frozen=True)
+class Descriptor:
+    """One checked buffer: ``[addr, addr+len)`` lies in guest memory."""
+
+    addr: int
+    len: int
+    write: bool  # device-writable
+
+
+@dataclass(slots=True)
+class DescriptorChain:
+    """A popped chain: its head (for the used ring) and its checked buffers.
+
+    With ``error`` set, ``descriptors`` holds the buffers checked before the
+    fault; ``head_valid`` says whether the head may go back on the used ring.
+    """
+
+    head_index: int
+    descriptors: list[Descriptor] = field(default_factory=list)
+    error: ChainError | None = None
+    head_valid: bool = True
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.descriptors)
+
+    def __len__(self) -> int:
+        return len(self.descriptors)
+
+    def readable(self) -> list[Descriptor]:
+        return [d for d in self.descriptors if not d.write]
+
+    def writable(self) -> list[Descriptor]:
+        return [d for d in self.descriptors if d.write]
+
+
+class Queue:
+    """One split virtqueue's configuration and the device's position in it."""
+
+    def __init__(self, max_size: int) -> None:
+        if not 0 < max_size <= MAX_QUEUE_SIZE or max_size & (max_size - 1):
+            raise ValueError(f"queue max size {max_size} is not a power of two up to {MAX_QUEUE_SIZE}")
+        self.max_size = max_size
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the state after a device reset (§2.1.2 / §4.2.2)."""
+        self.size = self.max_size
+        self.ready = False
+        self.desc_table = 0
+        self.avail_ring = 0
+        self.used_ring = 0
+        self.event_idx = False
+        self.indirect = False
+        self.next_avail = 0
+        self.next_used = 0
+        self.signalled_used: int | None = None
+        self.broken = False  # the driver misbehaved beyond one request: needs reset
+
+    def set_features(self, features: int) -> None:
+        """Take the ring features the driver accepted."""
+        self.event_idx = bool(features >> VIRTIO_RING_F_EVENT_IDX & 1)
+        self.indirect = bool(features >> VIRTIO_RING_F_INDIRECT_DESC & 1)
+
+    def is_valid(self, mem: GuestMemory) -> bool:
+        """Whether the driver's configuration is usable (§2.7 size and alignment rules)."""
+        size = self.size
+        if not self.ready or not 0 < size <= self.max_size or size & (size - 1):
+            return False
+        if self.desc_table % DESC_ALIGN or self.avail_ring % AVAIL_ALIGN or self.used_ring % USED_ALIGN:
+            return False
+        return (
+            mem.check_range(self.desc_table, DESC_SIZE * size)
+            and mem.check_range(self.avail_ring, avail_ring_size(size))
+            and mem.check_range(self.used_ring, used_ring_size(size))
+        )
+
+    # -- the available side --------------------------------------------------
+    def pending(self, mem: GuestMemory) -> int:
+        """How many chains the driver has made available that we have not popped."""
+        return (mem.read_u16(self.avail_ring + 2) - self.next_avail) & 0xFFFF
+
+    def pop(self, mem: GuestMemory) -> DescriptorChain | None:
+        """The next available chain, or None if there is none (or the ring is broken)."""
+        if self.broken:
+            return None
+        pending = self.pending(mem)
+        if pending == 0 and self.event_idx:
+            # Ask to be notified at the next addition, then look again: the driver
+            # may have added a chain before it saw avail_event (§2.7.10).
+            mem.write_u16(self.used_ring + 4 + 8 * self.size, self.next_avail)
+            _full_barrier()
+            pending = self.pending(mem)
+        if pending == 0:
+            return None
+        if pending > self.size:
+            self.broken = True  # avail idx jumped past entries we have not consumed
+            return None
+        slot = self.avail_ring + 4 + 2 * (self.next_avail % self.size)
+        head = mem.read_u16(slot)
+        self.next_avail = (self.next_avail + 1) & 0xFFFF
+        return self._parse(mem, head)
+
+    def undo_pop(self) -> None:
+        """Put the last popped chain back (a device that could not serve it yet)."""
+        self.next_avail = (self.next_avail - 1) & 0xFFFF
+
+    def _parse(self, mem: GuestMemory, head: int) -> DescriptorChain:
+        chain = DescriptorChain(head)
+        if head >= self.size:
+            chain.error = ChainError.HEAD_OUT_OF_RANGE
+            chain.head_valid = False
+            return chain
+        table = mem.view(self.desc_table, DESC_SIZE * self.size)
+        index, seen, out = head, 0, chain.descriptors
+        seen_write = False
+        while True:
+            if seen >= self.size:
+                chain.error = ChainError.TOO_LONG
+                return chain
+            seen += 1
+            addr, length, flags, nxt = _DESC.unpack_from(table, DESC_SIZE * index)
+            if flags & VIRTQ_DESC_F_INDIRECT:
+                chain.error = self._parse_indirect(mem, addr, length, flags, out, seen_write)
+                return chain
+            error = _check(mem, addr, length, flags, out, seen_write)
+            if error is not None:
+                chain.error = error
+                return chain
+            seen_write = out[-1].write
+            if not flags & VIRTQ_DESC_F_NEXT:
+                return chain
+            if nxt >= self.size:
+                chain.error = ChainError.NEXT_OUT_OF_RANGE
+                return chain
+            index = nxt
+
+    def _parse_indirect(
+        self, mem: GuestMemory, addr: int, length: int, flags: int, out: list[Descriptor], seen_write: bool
+    ) -> ChainError | None:
+        """Follow an indirect table (§2.7.5.3); it must end the main chain."""
+        if not self.indirect:
+            return ChainError.INDIRECT_NOT_NEGOTIATED
+        if flags & VIRTQ_DESC_F_NEXT:
+            return ChainError.INDIRECT_WITH_NEXT
+        if length == 0 or length % DESC_SIZE or not mem.check_range(addr, length):
+            return ChainError.BAD_INDIRECT_TABLE
+        count = length // DESC_SIZE
+        table = mem.view(addr, length)
+        index = 0
+        for _ in range(count):
+            d_addr, d_len, d_flags, nxt = _DESC.unpack_from(table, DESC_SIZE * index)
+            if d_flags & VIRTQ_DESC_F_INDIRECT:
+                return ChainError.NESTED_INDIRECT
+            error = _check(mem, d_addr, d_len, d_flags, out, seen_write)
+            if error is not None:
+                return error
+            seen_write = out[-1].write
+            if not d_flags & VIRTQ_DESC_F_NEXT:
+                return None
+            if nxt >= count:
+                return ChainError.NEXT_OUT_OF_RANGE
+            index = nxt
+        return ChainError.TOO_LONG
+
+    # -- the used side -------------------------------------------------------
+    def add_used(self, mem: GuestMemory, head_index: int, length: int) -> None:
+        """Return a chain to the driver: the used element, then the used idx (§2.7.8)."""
+        if not 0 <= head_index < self.size:
+            return  # a device bug; never write a head the driver did not give us
+        slot = self.used_ring + 4 + 8 * (self.next_used % self.size)
+        _USED_ELEM.pack_into(mem.view(slot, 8), 0, head_index, length & 0xFFFFFFFF)
+        self.next_used = (self.next_used + 1) & 0xFFFF
+        # x86 keeps these two stores in order, so the driver never sees idx before the entry.
+        mem.write_u16(self.used_ring + 2, self.next_used)
+
+    def needs_notification(self, mem: GuestMemory) -> bool:
+        """Whether to interrupt the driver for the entries added since the last call.
+
+        With VIRTIO_RING_F_EVENT_IDX, interrupt only when used idx has passed the
+        driver's used_event (§2.7.10, ``vring_need_event``); otherwise unless the
+        driver set VIRTQ_AVAIL_F_NO_INTERRUPT (§2.7.7).
+        """
+        new = self.next_used
+        old = self.signalled_used
+        if old == new:
+            return False
+        self.signalled_used = new
+        _full_barrier()  # our used idx store must be visible before we read the driver's fields
+        if self.event_idx:
+            if old is None:
+                return True
+            used_event = mem.read_u16(self.avail_ring + 4 + 2 * self.size)
+            return (new - used_event - 1) & 0xFFFF < (new - old) & 0xFFFF
+        return not mem.read_u16(self.avail_ring) & VIRTQ_AVAIL_F_NO_INTERRUPT
+
+
+def _check(
+    mem: GuestMemory, addr: int, length: int, flags: int, out: list[Descriptor], seen_write: bool
+) -> ChainError | None:
+    """Check one direct descriptor and append it to ``out``."""
+    write = bool(flags & VIRTQ_DESC_F_WRITE)
+    if seen_write and not write:
+        return ChainError.READ_AFTER_WRITE
+    if not mem.check_range(addr, length):
+        return ChainError.BAD_BUFFER
+    out.append(Descriptor(addr, length, write))
+    return None
