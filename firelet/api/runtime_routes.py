@@ -41,11 +41,23 @@ def _instance_start(api: Api) -> None:
     try:
         backend.submit(lambda: backend.start(config)).result(timeout=None)
     except FireletError as exc:
+        _discard(backend)
         raise _Fault(f"Cannot start the microVM: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - the VMM's bug; the API stays up and says so
+        _discard(backend)
         raise _Fault(f"Cannot start the microVM: internal error: {type(exc).__name__}: {exc}", 500) from None
     api.backend = backend
     api.started.set()
+
+
+def _discard(backend: object) -> None:
+    """Release a backend whose start failed (its event loop thread, fds), so a retry starts clean."""
+    close = getattr(backend, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - already failing; the start error is what the client needs
+            pass
 
 
 def _flush_metrics(api: Api) -> None:
@@ -176,6 +188,7 @@ def _put_snapshot_load(api: Api, req: Request, _: str) -> Response:
         api.call(lambda: backend.load_snapshot(params))
     except BaseException:
         api.backend = None
+        _discard(backend)
         raise
     api.started.set()
     return _NO_CONTENT

@@ -1,0 +1,258 @@
+"""``firelet-vmm``: one microVM per process, driven through Firecracker's API and flags.
+
+Accepts Firecracker's process flags so that existing launchers (the jailer,
+SDKs, scripts) start it unchanged. The API server runs on its own thread; the
+main thread only waits for the VM to end (or a signal) and cleans up: it
+removes the API socket and writes a last metrics line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import signal
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+from firelet import __version__
+from firelet.errors import FireletError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from firelet.api.backend import VmmBackend
+    from firelet.api.routes import Api
+
+log = logging.getLogger("firelet.vmm")
+
+DEFAULT_API_SOCK = "/run/firecracker.socket"  # Firecracker's default --api-sock
+DEFAULT_INSTANCE_ID = "anonymous-instance"
+_ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # Firecracker: alphanumerics and '-', at most 64
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from firelet.api.server import DEFAULT_MAX_PAYLOAD
+
+    p = argparse.ArgumentParser(prog="firelet-vmm", description="Run one microVM, controlled through Firecracker's API.")
+    p.add_argument("--api-sock", default=DEFAULT_API_SOCK, metavar="PATH", help="Unix socket for the API")
+    p.add_argument("--config-file", metavar="PATH", help="Firecracker JSON configuration: configure and start at once")
+    p.add_argument("--no-api", action="store_true", help="no API socket (needs --config-file)")
+    p.add_argument("--id", default=DEFAULT_INSTANCE_ID, help="instance id (letters, digits, '-'; at most 64)")
+    p.add_argument("--log-path", metavar="PATH", help="file or named pipe for the log")
+    p.add_argument("--level", default="Info", help="log level: Error, Warning, Info, Debug, Trace, Off")
+    p.add_argument("--module", help="log only messages from this module path")
+    p.add_argument("--show-level", action="store_true", help="put the level in each log line")
+    p.add_argument("--show-log-origin", action="store_true", help="put the source file and line in each log line")
+    p.add_argument("--metrics-path", metavar="PATH", help="file or named pipe for JSON metrics lines")
+    p.add_argument("--boot-timer", action="store_true", help="accepted; boot-time reporting is not implemented yet")
+    p.add_argument("--http-api-max-payload-size", type=int, default=DEFAULT_MAX_PAYLOAD, metavar="BYTES")
+    p.add_argument("--mmds-size-limit", type=int, metavar="BYTES", help="MMDS data store limit (default: the payload limit)")
+    p.add_argument("--no-seccomp", action="store_true", help="accepted; seccomp lands with the jailer")
+    p.add_argument("--seccomp-filter", metavar="PATH", help="accepted; seccomp lands with the jailer")
+    p.add_argument("--start-time-us", type=int, help="process start wall time, from the jailer (µs)")
+    p.add_argument("--start-time-cpu-us", type=int, help="process start CPU time, from the jailer (µs)")
+    p.add_argument("--parent-cpu-time-us", type=int, help="the jailer's own CPU time (µs)")
+    p.add_argument("--version", action="version", version=f"firelet-vmm v{__version__}")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="firelet-vmm: %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except FireletError as exc:
+        log.debug("firelet-vmm failed", exc_info=True)
+        print(f"firelet-vmm: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug in firelet: one line for people
+        log.debug("unexpected failure", exc_info=True)
+        print(f"firelet-vmm: internal error: {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
+        return 70
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.no_api and not args.config_file:
+        raise UsageError("--no-api needs --config-file: without the API there is no other way to configure the VM")
+    if not _ID_RE.match(args.id):
+        raise UsageError(f"--id {args.id!r}: use 1 to 64 letters, digits or '-'")
+    if args.http_api_max_payload_size <= 0:
+        raise UsageError("--http-api-max-payload-size: expected a positive number of bytes")
+    if args.mmds_size_limit is not None and args.mmds_size_limit <= 0:
+        raise UsageError("--mmds-size-limit: expected a positive number of bytes")
+
+
+class _Terminated(Exception):
+    """SIGTERM/SIGHUP arrived: clean up and leave."""
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise _Terminated(signum)
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    from firelet.api.routes import Api
+    from firelet.api.server import ApiServer, Request, bind_unix_socket, remove_socket_file
+    from firelet.vmm import config as cfg
+
+    api = Api(instance_id=args.id, backend_factory=lambda: _make_backend(args, api),
+              mmds_size_limit=args.mmds_size_limit or args.http_api_max_payload_size)
+    _setup_logger(api, args)
+    file_config = cfg.load_config_file(args.config_file) if args.config_file else None
+    server = None
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _on_signal)
+    try:
+        if not args.no_api:
+            server = ApiServer(bind_unix_socket(args.api_sock), api.handle,
+                               max_payload=args.http_api_max_payload_size)
+            _record_startup_time(api, args)
+            server.start()
+            log.info("API listening on %s", args.api_sock)
+        _setup_metrics(api, args, cfg)
+        if file_config is not None:
+            _configure_and_start(api, file_config, Request)
+        return _wait_for_vm(api)
+    except _Terminated:
+        return 0
+    finally:
+        if server is not None:
+            server.stop()
+            remove_socket_file(args.api_sock)
+        _close_backend(api.backend)
+        if api.metrics_writer is not None:
+            api.metrics_writer.close()
+
+
+def _setup_logger(api: Api, args: argparse.Namespace) -> None:
+    if not args.log_path:
+        return
+    from firelet import logs
+    from firelet.vmm.config import Logger, normalize_log_level
+
+    try:
+        level = normalize_log_level(args.level)
+    except ValueError as exc:
+        raise UsageError(f"--{exc}") from None
+    try:
+        handler = logs.FirecrackerLogHandler(args.log_path, args.id, level=level, show_level=args.show_level,
+                                             show_log_origin=args.show_log_origin, module=args.module)
+    except OSError as exc:
+        raise UsageError(f"--log-path {args.log_path}: cannot open it: {exc.strerror}") from None
+    logs.install(handler)
+    api.update(logger=Logger(log_path=args.log_path, level=level, show_level=args.show_level,
+                             show_log_origin=args.show_log_origin, module=args.module))
+    logging.getLogger("firelet").info("Running firelet-vmm v%s", __version__)
+
+
+def _setup_metrics(api: Api, args: argparse.Namespace, cfg: Any) -> None:
+    if not args.metrics_path:
+        return
+    from firelet.metrics import MetricsWriter
+
+    try:
+        api.metrics_writer = MetricsWriter(args.metrics_path, api.metrics)
+    except OSError as exc:
+        raise UsageError(f"--metrics-path {args.metrics_path}: cannot open it: {exc.strerror}") from None
+    api.update(metrics=cfg.Metrics(metrics_path=args.metrics_path))
+
+
+def _configure_and_start(api: Api, config: Any, request_type: Any) -> None:
+    """Apply a --config-file through the same endpoints an API client would use, then start."""
+    import msgspec
+
+    body = msgspec.json.encode
+    steps: list[tuple[str, str, Any]] = []
+    if config.logger is not None and api.config.logger is None:
+        steps.append(("PUT", "/logger", config.logger))
+    if config.metrics is not None and api.metrics_writer is None:
+        steps.append(("PUT", "/metrics", config.metrics))
+    steps.append(("PUT", "/machine-config", config.machine_config))
+    if config.boot_source is not None:
+        steps.append(("PUT", "/boot-source", config.boot_source))
+    steps += [("PUT", f"/drives/{d.drive_id}", d) for d in config.drives]
+    steps += [("PUT", f"/network-interfaces/{n.iface_id}", n) for n in config.network_interfaces]
+    for key, path in (("vsock", "/vsock"), ("entropy", "/entropy"), ("balloon", "/balloon"),
+                      ("mmds_config", "/mmds/config"), ("cpu_config", "/cpu-config"), ("serial", "/serial")):
+        if getattr(config, key) is not None:
+            steps.append(("PUT", path, getattr(config, key)))
+    steps.append(("PUT", "/actions", {"action_type": "InstanceStart"}))
+    for method, path, obj in steps:
+        response = api.handle(request_type(method, path, "", "HTTP/1.1", {}, body(obj)))
+        if response.status >= 300:
+            message = msgspec.json.decode(response.body).get("fault_message", "")
+            raise FireletError(f"config file: {path.strip('/')}: {message}")
+
+
+def _wait_for_vm(api: Api) -> int:
+    """Block until the VM has started and then ended; its exit code."""
+    while not api.started.wait(0.5):
+        pass
+    backend = api.backend
+    assert backend is not None
+    while True:
+        code = backend.wait(0.5)
+        if code is not None:
+            return code
+
+
+def _make_backend(args: argparse.Namespace, api: Api) -> VmmBackend:
+    """The real VMM, imported only when a VM starts (keeps the API's start-up small)."""
+    from firelet.api.backend import BackendError
+
+    try:
+        from firelet.vmm.controller import VmmController
+        from firelet.vmm.console import FdSink
+    except ImportError as exc:
+        raise BackendError(f"the VMM is not available in this firelet build ({exc})") from None
+    console = None
+    serial = api.config.serial
+    if serial is not None and serial.serial_out_path:
+        from firelet.metrics import open_sink
+
+        try:
+            console = FdSink(open_sink(serial.serial_out_path))
+        except OSError as exc:
+            raise BackendError(f"cannot open serial_out_path {serial.serial_out_path}: {exc.strerror}") from None
+    return VmmController(instance_id=args.id, console=console)
+
+
+def _close_backend(backend: Any) -> None:
+    close = getattr(backend, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - leaving anyway; say so in the log
+            log.warning("closing the VMM failed", exc_info=True)
+
+
+def _record_startup_time(api: Api, args: argparse.Namespace) -> None:
+    """Firecracker's ``api_server.process_startup_time_us`` / ``_cpu_us``: start until the socket listens."""
+    now_us = time.time_ns() // 1000
+    cpu_us = int(time.process_time() * 1e6)
+    if args.start_time_us is not None:
+        api.metrics.api_server.process_startup_time_us = max(0, now_us - args.start_time_us)
+    else:
+        api.metrics.api_server.process_startup_time_us = _since_process_start_us()
+    api.metrics.api_server.process_startup_time_cpu_us = cpu_us - (args.start_time_cpu_us or 0)
+
+
+def _since_process_start_us() -> int:
+    """Wall time since this process started, from /proc (proc(5): stat field 22 is in clock ticks)."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        with open("/proc/uptime", "rb") as f:
+            uptime_s = float(f.read().split()[0])
+        start_s = int(fields[19]) / os.sysconf("SC_CLK_TCK")
+        return max(0, int((uptime_s - start_s) * 1e6))
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
