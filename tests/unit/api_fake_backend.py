@@ -110,3 +110,57 @@ class FakeBackend:
 
     def wait(self, timeout: float | None = None) -> int | None:
         return 0 if self._ended.wait(timeout) else None
+
+
+# -- A live server on a real Unix socket, and a tiny client for tests ----------------
+import json  # noqa: E402
+import socket  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from firelet.api.routes import Api  # noqa: E402
+from firelet.api.server import ApiServer, bind_unix_socket  # noqa: E402
+
+
+@contextmanager
+def serve(api: Api, sock_path: Path, **kwargs: Any) -> Iterator[ApiServer]:
+    server = ApiServer(bind_unix_socket(str(sock_path)), api.handle, **kwargs)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def raw_exchange(sock_path: Path, data: bytes, *, timeout: float = 5.0) -> bytes:
+    """Send bytes, read until the server closes (or the timeout)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(sock_path))
+        s.sendall(data)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return b"".join(chunks)
+
+
+def request_bytes(method: str, path: str, body: Any = None, *, close: bool = True) -> bytes:
+    payload = b"" if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
+    head = f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len(payload)}\r\n"
+    if close:
+        head += "Connection: close\r\n"
+    return head.encode() + b"\r\n" + payload
+
+
+def parse_response(data: bytes) -> tuple[int, Any]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    return status, (json.loads(body) if body else None)
+
+
+def call(sock_path: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    return parse_response(raw_exchange(sock_path, request_bytes(method, path, body)))
