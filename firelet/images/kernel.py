@@ -23,7 +23,7 @@ from firelet.errors import FireletError
 from firelet.images import _host
 from firelet.images._host import Progress, say
 from firelet.images.kconfig import dropped_options
-from firelet.images.progress import elapsed, ticker
+from firelet.images.progress import LiveLine, elapsed, ticker
 
 # Bump when the way the kernel is built changes (flags, targets, steps), so
 # old cached kernels are not mistaken for new ones.
@@ -85,7 +85,12 @@ def kernel_key(fragment: bytes, source_version: str) -> str:
 
 
 def build_kernel(*, jobs: int | None = None, progress: Progress | None = None) -> KernelArtifacts:
-    """Build (or find in the cache) the guest kernel; see the module docstring."""
+    """Build (or find in the cache) the guest kernel; see the module docstring.
+
+    A build takes minutes, so with ``progress=None`` it reports to stderr
+    through a :class:`~firelet.images.progress.LiveLine`; pass
+    ``lambda message: None`` for silence. A cache hit reports nothing.
+    """
     fragment_path = repo_root() / FRAGMENT_PATH
     fragment = fragment_path.read_bytes()
     source_version = _ensure_source(progress)
@@ -95,6 +100,8 @@ def build_kernel(*, jobs: int | None = None, progress: Progress | None = None) -
     with _host.locked(root / f"{key}.lock"):
         if (cached := _cached(final)) is not None:
             return cached
+        if progress is None:
+            progress = LiveLine()
         ensure_build_deps(progress)
         _host.require_free_space(cache_dir(), MIN_FREE_BYTES, what="building the guest kernel")
         source = _extract_source(root, source_version, progress)
