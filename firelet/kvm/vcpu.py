@@ -105,7 +105,7 @@ class VcpuFd:
         """For KVM_EXIT_IO: the ``size * count`` data bytes (writable: fill them for IN)."""
         io = self.run_struct.io
         start, length = io.data_offset, io.size * io.count
-        if start + length > len(self._view) or start < ctypes.sizeof(S.kvm_run_io):
+        if start + length > len(self._view):
             raise KvmError(f"KVM_EXIT_IO data at {start}+{length} lies outside the kvm_run area")
         return self._view[start : start + length]
 
