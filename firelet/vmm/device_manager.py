@@ -55,11 +55,7 @@ def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec) -> list[str
     for drive in ordered_drives(config.drives):
         from firelet.devices.virtio.block import Block
 
-        device = Block(
-            drive.drive_id,
-            drive.path_on_host,
-            read_only=bool(drive.is_read_only),
-        )
+        device = Block(drive.path_on_host, read_only=bool(drive.is_read_only), drive_id=drive.drive_id)
         vmm.resources.closers.append(device.close)
         vmm.devices[f"block:{drive.drive_id}"] = device
         args.append(_attach_virtio(vmm, device, slot))
