@@ -1,0 +1,133 @@
+"""``firelet-vmm`` as a real process: flags, socket lifecycle, config file, logs and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from api_fake_backend import call
+
+from firelet.cache import repo_root
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(repo_root()) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _vmm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "firelet.cli.vmm", *args]
+
+
+def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"firelet-vmm exited early: {proc.stderr.read() if proc.stderr else ''!r}")
+        if path.exists():
+            try:
+                call(path, "GET", "/")
+                return
+            except OSError:
+                pass
+        time.sleep(0.02)
+    raise AssertionError("API socket never answered")
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    sock = tmp_path / "api.sock"
+    proc = subprocess.Popen(
+        _vmm("--api-sock", str(sock), "--id", "cli-vm", "--log-path", str(tmp_path / "log"), "--level", "debug",
+             "--show-level", "--metrics-path", str(tmp_path / "metrics"), "--no-seccomp"),
+        env=_env(), stderr=subprocess.PIPE)
+    try:
+        _wait_for_socket(sock, proc)
+        yield proc, sock
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_serves_and_removes_its_socket_on_sigterm(running: tuple[subprocess.Popen[bytes], Path], tmp_path: Path) -> None:
+    proc, sock = running
+    assert call(sock, "GET", "/") == (200, {"id": "cli-vm", "state": "Not started",
+                                           "vmm_version": call(sock, "GET", "/")[1]["vmm_version"], "app_name": "firelet"})
+    assert call(sock, "PUT", "/actions", {"action_type": "FlushMetrics"})[0] == 204
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 0
+    assert not sock.exists()
+    lines = [json.loads(line) for line in (tmp_path / "metrics").read_text().splitlines()]
+    assert lines[0]["get_api_requests"]["instance_info_count"] == 3  # two here, one by the fixture
+    assert lines[0]["api_server"]["process_startup_time_us"] > 0
+    assert "[cli-vm:MainThread:INFO] Running firelet-vmm" in (tmp_path / "log").read_text()
+
+
+def test_refuses_to_clobber_a_live_socket(running: tuple[subprocess.Popen[bytes], Path]) -> None:
+    _, sock = running
+    result = subprocess.run(_vmm("--api-sock", str(sock)), env=_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"firelet-vmm: error: API socket {sock} is in use by a running process; "
+                                     "stop it or choose another --api-sock")
+    assert call(sock, "GET", "/")[0] == 200  # the live one is untouched
+
+
+def test_instance_start_without_a_vmm_build_or_kernel_is_a_fault(running: tuple[subprocess.Popen[bytes], Path],
+                                                                  tmp_path: Path) -> None:
+    _, sock = running
+    assert call(sock, "PUT", "/boot-source", {"kernel_image_path": str(tmp_path / "missing-vmlinux")})[0] == 204
+    status, body = call(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+    assert status == 400 and body["fault_message"].startswith("Cannot start the microVM")
+    assert call(sock, "GET", "/")[1]["state"] == "Not started"
+
+
+@pytest.mark.parametrize(("args", "code", "needle"), [
+    (["--no-api"], 2, "--no-api needs --config-file"),
+    (["--id", "bad id!"], 2, "--id 'bad id!'"),
+    (["--http-api-max-payload-size", "0"], 2, "--http-api-max-payload-size"),
+    (["--no-api", "--config-file", "/nonexistent.json"], 2, "config file /nonexistent.json: cannot read it"),
+])
+def test_bad_flags_are_one_line_errors(args: list[str], code: int, needle: str, tmp_path: Path) -> None:
+    result = subprocess.run(_vmm("--api-sock", str(tmp_path / "s"), *args), env=_env(), capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == code
+    assert needle in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "s").exists()
+
+
+def test_invalid_config_file_names_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "vm.json"
+    path.write_text(json.dumps({"machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}))
+    result = subprocess.run(_vmm("--no-api", "--config-file", str(path)), env=_env(), capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"firelet-vmm: error: config file {path}: "
+                                     "machine-config.vcpu_count: expected int >= 1, got 0")
+
+
+def test_config_file_that_cannot_start_fails_cleanly(tmp_path: Path) -> None:
+    path = tmp_path / "vm.json"
+    path.write_text(json.dumps({"boot-source": {"kernel_image_path": str(tmp_path / "missing-vmlinux")},
+                                "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}))
+    sock = tmp_path / "api.sock"
+    result = subprocess.run(_vmm("--api-sock", str(sock), "--config-file", str(path)), env=_env(),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stderr.startswith("firelet-vmm: error: config file: actions: Cannot start the microVM")
+    assert not sock.exists()
+
+
+def test_version_flag() -> None:
+    result = subprocess.run(_vmm("--version"), env=_env(), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.startswith("firelet-vmm v")
