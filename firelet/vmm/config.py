@@ -10,7 +10,6 @@ The rest of firelet sees only these structs, never raw dicts.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -253,6 +252,8 @@ class MmdsConfig(Model):
 
     def __post_init__(self) -> None:
         # firecracker.yaml, MmdsConfig.ipv4_address: link-local, not .0.x network or broadcast.
+        import ipaddress  # rare path: keep it off the VMM's import time
+
         try:
             addr = ipaddress.IPv4Address(self.ipv4_address)
         except ValueError:
@@ -391,8 +392,8 @@ def format_validation_error(exc: msgspec.ValidationError | ValueError, data: byt
     if field_msg:  # a __post_init__ message that already names its field
         path = f"{path}.{field_msg.group('field')}"
         msg = field_msg.group("rest")
-    unknown = re.match(r"Object contains unknown field `(.*)`$", msg)
-    missing = re.match(r"Object missing required field `(.*)`$", msg)
+    unknown = re.match(r"Object contains unknown field `(.*)`$", msg, re.S)
+    missing = re.match(r"Object missing required field `(.*)`$", msg, re.S)
     if unknown:
         msg = f"unknown field {unknown.group(1)!r}"
     elif missing:
@@ -408,7 +409,8 @@ def format_validation_error(exc: msgspec.ValidationError | ValueError, data: byt
             if found:
                 msg = f"{msg}, got {_describe(value)}"
     where = path.lstrip(".")
-    return f"{where}: {msg}" if where else msg
+    line = f"{where}: {msg}" if where else msg
+    return line.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever the input held
 
 
 def decode_json(data: bytes, type_: type[T]) -> T:
