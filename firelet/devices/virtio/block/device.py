@@ -174,7 +174,7 @@ class Block(VirtioDeviceBase):
 
     def _read(self, req: Request) -> tuple[int, int]:
         length = req.writable_len
-        if not self._in_range(req.sector, length, len(req.writable)):
+        if req.readable or not self._in_range(req.sector, length, len(req.writable)):
             return VIRTIO_BLK_S_IOERR, 0
         done = _transfer(os.preadv, self._fd, req.writable, req.sector << SECTOR_SHIFT)
         self.metrics.read_ops += 1
@@ -185,7 +185,7 @@ class Block(VirtioDeviceBase):
 
     def _write(self, req: Request) -> tuple[int, int]:
         length = req.readable_len
-        if self.read_only or not self._in_range(req.sector, length, len(req.readable)):
+        if self.read_only or req.writable or not self._in_range(req.sector, length, len(req.readable)):
             return VIRTIO_BLK_S_IOERR, 0
         done = _transfer(os.pwritev, self._fd, req.readable, req.sector << SECTOR_SHIFT)
         self.metrics.write_ops += 1
