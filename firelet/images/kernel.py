@@ -105,8 +105,11 @@ def build_kernel(*, jobs: int | None = None, progress: Progress | None = None) -
         ensure_build_deps(progress)
         _host.require_free_space(cache_dir(), MIN_FREE_BYTES, what="building the guest kernel")
         source = _extract_source(root, source_version, progress)
+        # Under the lock, any other build dir for this key is left over from an
+        # interrupted build: reclaim its space.
+        for stale in root.glob(f".build-{key}-*"):
+            _host.remove(stale)
         tmp = root / f".build-{key}-{os.getpid()}"
-        _host.remove(tmp)
         try:
             artifacts = _build(source, fragment_path, tmp, root / f"build-{key}.log",
                                jobs or (os.cpu_count() or 1) + 1, progress)

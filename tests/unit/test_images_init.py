@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from firelet.cache import repo_root
 from firelet.images import guest_cmdline_for, parse_exit_status
-from firelet.images.rootfs import INIT_PATH, find_busybox
+from firelet.images.rootfs import INIT_PATH, _applets, find_busybox
 
 INIT = repo_root() / INIT_PATH
 
@@ -61,3 +62,45 @@ def test_init_does_not_glob_the_command_line(tmp_path: Path) -> None:
     (tmp_path / "firelet.cmd=ZXhpdCA5").write_text("")  # a file a glob could expand to
     result = _run_init(tmp_path, "firelet.cmd=* " + guest_cmdline_for("exit 4"))
     assert parse_exit_status(result.stdout) == 4
+
+
+_SHELL_WORDS = {
+    "if", "then", "else", "elif", "fi", "for", "in", "do", "done", "case", "esac", "while",
+    "until", "set", "export", "read", "echo", "exit", "wait", "printf", "exec", "local",
+    "return", "shift", "true", "false", "cd", "[", ":", "!",
+}
+
+# Words after which the next word is a command too.
+_PREFIXES = {"then", "else", "do", "!", "exec", "setsid", "cttyhack"}
+
+
+def commands_used(script: str) -> set[str]:
+    """The external commands a shell script runs (first words of simple commands)."""
+    names: set[str] = set()
+    functions = set(re.findall(r"^\s*([a-z_][a-z0-9_]*)\(\)", script, re.MULTILINE))
+    for line in script.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
+        line = re.sub(r"\$\{[^}]*\}|\$[\w!?$#@*]", "", line)
+        line = re.sub(r"\"[^\"]*\"|'[^']*'", "''", line).split(" #")[0]
+        line = re.sub(r"^\s*[^ ()]+\)", "", line)  # a case pattern
+        for segment in re.split(r"\|\||&&|[;|&{}()`]|\$\(", line):
+            words = [word for word in segment.split() if "=" not in word or word.startswith("-")]
+            while words and words[0] in _PREFIXES:  # `then cmd`, `setsid cmd`...
+                names.add(words.pop(0))
+            if words and re.fullmatch(r"[a-z][a-z0-9_.-]*|\[", words[0]):
+                names.add(words[0])
+    return names - _SHELL_WORDS - functions
+
+
+def test_every_command_init_runs_is_a_busybox_applet() -> None:
+    used = commands_used(INIT.read_text())
+    assert {"mount", "base64", "setsid", "cttyhack", "reboot", "sync", "grep"} <= used
+    applets = {path.rpartition("/")[2] for path in _applets(find_busybox())}
+    assert used - applets == set()
+
+
+def test_command_scan_notices_a_missing_applet() -> None:
+    script = "#!/bin/sh\nmountpoint -q /proc || mount -t proc proc /proc\nx=1; frobnicate --now\n"
+    assert commands_used(script) == {"mountpoint", "mount", "frobnicate"}
+    assert commands_used("while :; do nap 1; done\nsetsid cttyhack zsh\n") == {"nap", "setsid", "cttyhack", "zsh"}
