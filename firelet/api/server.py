@@ -19,7 +19,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from firelet.errors import FireletError
 
@@ -38,22 +37,24 @@ _REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request",
             404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
-@dataclass
 class Request:
-    method: str
-    path: str
-    query: str
-    version: str
-    headers: dict[str, str]
-    body: bytes
+    """One parsed request (plain class, not a dataclass: ``dataclasses`` costs ms at import)."""
+
+    __slots__ = ("method", "path", "query", "version", "headers", "body")
+
+    def __init__(self, method: str, path: str, query: str, version: str,
+                 headers: dict[str, str], body: bytes) -> None:
+        self.method, self.path, self.query, self.version = method, path, query, version
+        self.headers = headers
+        self.body = body
 
 
-@dataclass
 class Response:
-    status: int
-    body: bytes = b""
-    content_type: str = "application/json"
-    close: bool = False
+    __slots__ = ("status", "body", "content_type", "close")
+
+    def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json",
+                 close: bool = False) -> None:
+        self.status, self.body, self.content_type, self.close = status, body, content_type, close
 
 
 def fault(message: str, status: int = 400) -> Response:
@@ -67,14 +68,16 @@ class _BadRequest(Exception):
     """Malformed HTTP: answered with a 400 and the connection closed."""
 
 
-@dataclass
 class _Conn:
-    sock: socket.socket
-    inbuf: bytearray = field(default_factory=bytearray)
-    outbuf: bytearray = field(default_factory=bytearray)
-    close_after_write: bool = False
-    sent_continue: bool = False
-    last_active: float = field(default_factory=time.monotonic)
+    __slots__ = ("sock", "inbuf", "outbuf", "close_after_write", "sent_continue", "last_active")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.close_after_write = False
+        self.sent_continue = False
+        self.last_active = time.monotonic()
 
 
 def bind_unix_socket(path: str) -> socket.socket:

@@ -107,13 +107,13 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
     try:
+        _setup_metrics(api, args, cfg)  # before the socket answers: FlushMetrics must find it
         if not args.no_api:
             server = ApiServer(bind_unix_socket(args.api_sock), api.handle,
                                max_payload=args.http_api_max_payload_size)
             _record_startup_time(api, args)
             server.start()
             log.info("API listening on %s", args.api_sock)
-        _setup_metrics(api, args, cfg)
         if file_config is not None:
             _configure_and_start(api, file_config, Request)
         return _wait_for_vm(api)
