@@ -1,0 +1,116 @@
+"""A full boot driven only through the API socket, and the same VM from --config-file (issue #4).
+
+Runs in the nested rig (real KVM). Passes once the VMM implements the backend.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from conftest import BOOT_TIMEOUT_S
+
+from firelet.cache import repo_root
+from firelet.images import guest_cmdline_for
+
+MARKER = "hello-from-the-api"
+#: The guest prints the marker and then stays up, so that pause/resume and Ctrl-Alt-Del act on a live VM.
+GUEST_CMD = f"echo {MARKER}; sleep 600"
+
+
+def _api(sock: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    payload = b"" if body is None else json.dumps(body).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(BOOT_TIMEOUT_S)
+        s.connect(str(sock))
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), (json.loads(rest) if rest else None)
+
+
+def _ok(sock: Path, method: str, path: str, body: Any = None) -> Any:
+    status, answer = _api(sock, method, path, body)
+    assert status in (200, 204), f"{method} {path}: {status} {answer}"
+    return answer
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = BOOT_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _vm_config(kernel: Any, rootfs: Path, serial_out: Path) -> dict[str, Any]:
+    return {
+        "boot-source": {"kernel_image_path": str(kernel.vmlinux),
+                        "boot_args": f"console=ttyS0 reboot=k panic=-1 {guest_cmdline_for(GUEST_CMD)}"},
+        "drives": [{"drive_id": "rootfs", "path_on_host": str(rootfs), "is_root_device": True, "is_read_only": False}],
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+        "serial": {"serial_out_path": str(serial_out)},
+    }
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(repo_root()) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _serial_text(path: Path) -> str:
+    return path.read_text(errors="replace").replace("\r", "") if path.exists() else ""
+
+
+def test_full_boot_through_the_api_socket(kernel, rootfs: Path, tmp_path: Path) -> None:
+    sock, serial_out = tmp_path / "api.sock", tmp_path / "serial.out"
+    config = _vm_config(kernel, rootfs, serial_out)
+    proc = subprocess.Popen([sys.executable, "-m", "firelet.cli.vmm", "--api-sock", str(sock), "--id", "api-boot"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(sock.exists, "the API socket", timeout=60)
+        _ok(sock, "PUT", "/boot-source", config["boot-source"])
+        _ok(sock, "PUT", "/drives/rootfs", config["drives"][0])
+        _ok(sock, "PUT", "/machine-config", config["machine-config"])
+        _ok(sock, "PUT", "/serial", config["serial"])
+        _ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+        assert _ok(sock, "GET", "/")["state"] == "Running"
+        _wait_for(lambda: MARKER in _serial_text(serial_out), "the guest's marker on the serial console")
+
+        _ok(sock, "PATCH", "/vm", {"state": "Paused"})
+        assert _ok(sock, "GET", "/")["state"] == "Paused"
+        _ok(sock, "PATCH", "/vm", {"state": "Resumed"})
+        assert _ok(sock, "GET", "/")["state"] == "Running"
+        exported = _ok(sock, "GET", "/vm/config")
+        assert exported["drives"][0]["path_on_host"] == str(rootfs)
+
+        _ok(sock, "PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+        code = proc.wait(BOOT_TIMEOUT_S)
+        assert code == 0, proc.stderr.read().decode() if proc.stderr else ""
+        assert not sock.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_same_configuration_boots_from_config_file(kernel, rootfs: Path, tmp_path: Path) -> None:
+    serial_out = tmp_path / "serial.out"
+    config = _vm_config(kernel, rootfs, serial_out)
+    config["boot-source"]["boot_args"] = "console=ttyS0 reboot=k panic=-1 " + guest_cmdline_for(f"echo {MARKER}")
+    config_path = tmp_path / "vm.json"
+    config_path.write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "-m", "firelet.cli.vmm", "--no-api", "--config-file", str(config_path)],
+                            env=_env(), capture_output=True, text=True, timeout=BOOT_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    assert MARKER in _serial_text(serial_out)
+    assert "FIRELET-EXIT status=0" in _serial_text(serial_out)
