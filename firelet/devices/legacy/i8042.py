@@ -155,14 +155,16 @@ class I8042:
     def write_port(self, port: int, value: int) -> None:
         reset = False
         with self._lock:
-            was_empty = not self._queue
+            # The line is "OBF and enabled": raise an edge when that becomes true,
+            # whether a byte arrived or the command byte just enabled the line.
+            line_before = self._irq_for_head()
             if port == COMMAND_PORT:
                 self._status_cmd = True
                 reset = self._command(value)
             else:
                 self._status_cmd = False
                 self._data(value)
-            fire = self._irq_for_head() if was_empty else None
+            fire = self._irq_for_head() if line_before is None else None
         if fire is not None:
             fire.trigger()
         if reset:
