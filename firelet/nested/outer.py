@@ -45,6 +45,11 @@ class OuterKernel:
     release: str        # e.g. "6.1.0-56-amd64"
     vmlinuz: Path
     modules: list[Path]  # load order
+    vmlinux: Path | None = None  # the uncompressed ELF, booted through PVH when present
+
+    @property
+    def boot_image(self) -> Path:
+        return self.vmlinux or self.vmlinuz
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,48 @@ def _load_kernel(directory: Path) -> OuterKernel | None:
     vmlinuz = directory / "vmlinuz"
     if not vmlinuz.exists() or not all(p.exists() for p in paths):
         return None
-    return OuterKernel(release, vmlinuz, paths)
+    vmlinux = directory / "vmlinux"
+    return OuterKernel(release, vmlinuz, paths, vmlinux if vmlinux.exists() else None)
+
+
+# Documentation/arch/x86/boot.rst: the protected-mode payload of a bzImage is
+# compressed; Debian compresses with xz (CONFIG_KERNEL_XZ), whose stream starts so.
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+_ELF_MAGIC = b"\x7fELF"
+
+
+def extract_vmlinux(vmlinuz: bytes) -> bytes | None:
+    """The ELF kernel inside a bzImage whose payload is xz, or None if it is not that.
+
+    Booting the ELF through its PVH entry skips the in-guest xz decompression,
+    which under QEMU's software CPU costs seconds of every rig boot.
+    """
+    import lzma
+
+    start = vmlinuz.find(_XZ_MAGIC)
+    while start >= 0:
+        try:
+            elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(vmlinuz[start:])
+        except lzma.LZMAError:
+            elf = b""
+        if elf.startswith(_ELF_MAGIC):
+            return elf
+        start = vmlinuz.find(_XZ_MAGIC, start + 1)
+    return None
+
+
+def _add_vmlinux(kernel: OuterKernel) -> OuterKernel:
+    """Unpack vmlinux next to vmlinuz once; keep the bzImage boot if that fails."""
+    if kernel.vmlinux is not None:
+        return kernel
+    elf = extract_vmlinux(kernel.vmlinuz.read_bytes())
+    if elf is None:
+        return kernel
+    target = kernel.vmlinuz.with_name("vmlinux")
+    tmp = target.with_suffix(".tmp")
+    tmp.write_bytes(elf)
+    tmp.replace(target)
+    return _load_kernel(target.parent) or kernel
 
 
 def _fetch_kernel(package: str) -> OuterKernel:
@@ -236,7 +282,7 @@ def prepare_base() -> RigBase:
     """The outer kernel and base initramfs, built (and cached) on first use."""
     with _locked(rig_dir() / ".lock"):
         ensure_host_tools()
-        kernel = _cached_kernel() or _fetch_kernel(_choose_kernel_package())
+        kernel = _add_vmlinux(_cached_kernel() or _fetch_kernel(_choose_kernel_package()))
         return RigBase(kernel, _base_initrd(kernel))
 
 

@@ -13,12 +13,15 @@ from pathlib import Path
 from firelet.nested.init_script import HOST_ROOT_TAG, Share
 
 QEMU_BINARY = "qemu-system-x86_64"
+# qboot (from qemu-system-data) jumps straight to a -kernel; SeaBIOS takes seconds under TCG.
+QBOOT = Path("/usr/share/qemu/qboot.rom")
 # EPYC is a model QEMU's TCG knows that lists svm; npt gives the inner VMs nested paging.
 OUTER_CPU = "EPYC,+svm,+npt"
 
 # console on the first 8250; panic=-1 reboots at once and -no-reboot turns that into QEMU's exit.
 _BASE_CMDLINE = "console=ttyS0 panic=-1 reboot=k"
-# Skip boot work the rig has no use for (measured: see firelet/nested/README.md).
+# Skip boot work the rig has no use for. tsc=reliable keeps the TSC clocksource (TCG's TSC
+# follows the host clock: an 8 s sleep measured 8.181 s inside vs 8.188 s on the host).
 _FAST_CMDLINE = "tsc=reliable no_timer_check i8042.noaux i8042.nokbd mitigations=off nokaslr"
 
 
@@ -34,8 +37,11 @@ def _qemu_path(path: str) -> str:
 
 
 def outer_qemu_argv(*, kernel: Path, initrd: Path, cmdline: str, mem_mib: int, smp: int,
-                    shares: list[Share], qemu: str = QEMU_BINARY) -> list[str]:
-    """The argv that boots the rig; the serial port is QEMU's stdio, without signal keys."""
+                    shares: list[Share], qemu: str = QEMU_BINARY, bios: Path | None = None) -> list[str]:
+    """The argv that boots the rig; the serial port is QEMU's stdio, without signal keys.
+
+    ``bios`` replaces SeaBIOS (use :data:`QBOOT` with a PVH ``vmlinux`` kernel).
+    """
     argv = [
         qemu,
         "-accel", "tcg,thread=multi",
@@ -53,6 +59,8 @@ def outer_qemu_argv(*, kernel: Path, initrd: Path, cmdline: str, mem_mib: int, s
         "-virtfs",
         f"local,path=/,mount_tag={HOST_ROOT_TAG},security_model=none,readonly=on,multidevs=remap",
     ]
+    if bios is not None:
+        argv += ["-bios", str(bios)]
     for share in shares:
         argv += ["-virtfs",
                  f"local,path={_qemu_path(share.path)},mount_tag={share.tag},"

@@ -7,6 +7,7 @@ lines (exit 125), and Ctrl-C or any exception kills it before returning.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import selectors
@@ -22,13 +23,15 @@ from typing import BinaryIO, TextIO
 from firelet.errors import FireletError, UsageError
 from firelet.nested import outer
 from firelet.nested.init_script import RunSpec, Share, command_script, init_script, rig_environment
-from firelet.nested.qemu import kernel_cmdline, outer_qemu_argv
+from firelet.nested.qemu import QBOOT, kernel_cmdline, outer_qemu_argv
 from firelet.nested.serial import RigOutput
 
 EXIT_TIMEOUT = 124
 EXIT_RIG_FAILED = 125
 # After the exit marker (written after a sync), how long QEMU may take to power off.
 _POWEROFF_GRACE = 3.0
+
+log = logging.getLogger(__name__)
 
 
 class RigTimeout(FireletError):
@@ -75,9 +78,11 @@ def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Pa
     spec = RunSpec(**{**spec.__dict__, "modules": outer.module_paths_inside(base.kernel)})
     with tempfile.TemporaryDirectory(prefix="firelet-rig-") as tmp:
         initrd = outer.write_run_initrd(base, init_script(spec), command_script(spec), Path(tmp))
-        qemu_argv = outer_qemu_argv(kernel=base.kernel.vmlinuz, initrd=initrd,
-                                    cmdline=kernel_cmdline(verbose=verbose),
-                                    mem_mib=mem_mib, smp=smp, shares=share_list)
+        pvh = base.kernel.vmlinux is not None and QBOOT.exists()
+        qemu_argv = outer_qemu_argv(kernel=base.kernel.boot_image if pvh else base.kernel.vmlinuz,
+                                    initrd=initrd, cmdline=kernel_cmdline(verbose=verbose),
+                                    mem_mib=mem_mib, smp=smp, shares=share_list,
+                                    bios=QBOOT if pvh else None)
         filt = RigOutput(spec.nonce, show_boot=verbose, strip_cr=not interactive)
         return _supervise(qemu_argv, filt, out, timeout=timeout, interactive=interactive)
 
@@ -128,6 +133,8 @@ def _pump(proc: subprocess.Popen[bytes], filt: RigOutput, out: BinaryIO, errors:
     sel.register(proc.stderr, selectors.EVENT_READ, "err")
     open_streams = 2
     marker_at: float | None = None
+    t0 = time.monotonic()
+    started_at: float | None = None
     while open_streams:
         now = time.monotonic()
         if now >= deadline:
@@ -147,9 +154,14 @@ def _pump(proc: subprocess.Popen[bytes], filt: RigOutput, out: BinaryIO, errors:
                 if shown:
                     out.write(shown)
                     out.flush()
+                if filt.started and started_at is None:
+                    started_at = time.monotonic()
+                    log.info("rig: command started %.2f s after QEMU", started_at - t0)
                 if filt.status is not None and marker_at is None:
                     marker_at = time.monotonic()
+                    log.info("rig: command ended %.2f s after QEMU", marker_at - t0)
     proc.wait()
+    log.info("rig: QEMU exited %.2f s after it started", time.monotonic() - t0)
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
