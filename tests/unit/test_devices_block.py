@@ -25,7 +25,6 @@ from firelet.devices.virtio.block.request import (
     VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
 )
-from firelet.devices.virtio.queue import VIRTIO_RING_F_INDIRECT_DESC
 
 SECTORS = 64
 TAIL = 100  # bytes past the last whole sector: not part of the disk, must stay untouched

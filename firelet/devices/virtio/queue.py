@@ -18,6 +18,7 @@ import enum
 import struct
 import threading
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from firelet.vmm.memory import GuestMemory
 
@@ -76,9 +77,8 @@ class ChainError(enum.Enum):
     INDIRECT_WITH_NEXT = "an indirect descriptor that also has NEXT"
 
 
-@dataclass(slots=True, frozen=True)
-class Descriptor:
-    """One checked buffer: ``[addr, addr+len)`` lies in guest memory."""
+class Descriptor(NamedTuple):
+    """One checked buffer: ``[addr, addr+len)`` lies in guest memory (a tuple: cheap to make)."""
 
     addr: int
     len: int
