@@ -237,6 +237,8 @@ def test_update_backing_file(rig: Rig, tmp_path: Path) -> None:
 def test_missing_image_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(BlockError, match="check the path"):
         Block(tmp_path / "nope.img")
+    with pytest.raises(BlockError, match="not a regular file"):
+        Block(tmp_path, read_only=True)
 
 
 def test_read_only_image_opened_read_only(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import struct
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -98,7 +99,7 @@ class DescriptorChain:
     error: ChainError | None = None
     head_valid: bool = True
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Descriptor]:
         return iter(self.descriptors)
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 import threading
 from collections.abc import Callable, Sequence
@@ -204,10 +205,16 @@ def _open(path: str, read_only: bool) -> tuple[int, int]:
         mode = "read-only" if read_only else "read-write"
         raise BlockError(f"cannot open drive image {path} {mode}: {exc.strerror}; check the path and its permissions") from exc
     try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            raise BlockError(f"drive image {path} is not a regular file or block device; give a raw disk image")
         size = os.lseek(fd, 0, os.SEEK_END)  # works for block devices too, unlike st_size
     except OSError as exc:
         os.close(fd)
         raise BlockError(f"cannot get the size of drive image {path}: {exc.strerror}") from exc
+    except BlockError:
+        os.close(fd)
+        raise
     return fd, size >> SECTOR_SHIFT
 
 
