@@ -95,8 +95,9 @@ class I8042:
 
     Either insert the controller itself at ``DATA_PORT`` with length
     ``BUS_LENGTH`` (offset 0 is data, 4 is command, as Firecracker does; ports
-    in between read 0xff), or insert ``port(DATA_PORT)`` and
-    ``port(COMMAND_PORT)`` one port wide each.
+    in between read 0xff; port 0x61 is served by KVM's in-kernel PIT before it
+    could reach us), or insert ``port(DATA_PORT)`` and ``port(COMMAND_PORT)``
+    one port wide each.
     """
 
     def __init__(
@@ -147,10 +148,11 @@ class I8042:
             if not self._queue:
                 return self._last  # an empty output buffer keeps its stale byte
             self._last, _ = self._queue.popleft()
+            value = self._last
             fire = self._irq_for_head()
         if fire is not None:
             fire.trigger()
-        return self._last
+        return value
 
     def write_port(self, port: int, value: int) -> None:
         reset = False
