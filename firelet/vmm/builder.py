@@ -97,7 +97,6 @@ def build_vmm(
     console: ConsoleSpec | None = None,
     *,
     kvm_path: str = "/dev/kvm",
-    metrics: Any = None,
     event_loop: EventLoop | None = None,
 ) -> Vmm:
     """Build every part of the microVM; the returned :class:`Vmm` is ready to ``start()``."""
@@ -127,7 +126,7 @@ def build_vmm(
         cmdline = boot_cmdline(config, device_args)
         _load_guest(vmm, config, cmdline)
         _ensure_kick_handler(install_kick_handler)
-        _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count, metrics)
+        _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count)
         return vmm
     except BaseException:
         for closer in reversed(closers):
@@ -180,7 +179,7 @@ def _load_guest(vmm: Vmm, config: VmConfig, cmdline: str) -> None:
     log.info("kernel %s loaded, entry %#x; cmdline: %s", config.boot_source.kernel_image_path, kernel.entry, cmdline)
 
 
-def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int, metrics: Any) -> None:
+def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
     from firelet.vmm import cpu, cpuid
 
     mem = vmm.memory
@@ -203,4 +202,4 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int, metrics: Any) -> N
         lapic = fd.get_lapic()
         cpu.set_lapic_lint(lapic)
         fd.set_lapic(lapic)
-        vmm.vcpus.append(Vcpu(index, fd, io_bus, mmio_bus, vmm.gate, vmm.finish, metrics))
+        vmm.vcpus.append(Vcpu(index, fd, io_bus, mmio_bus, vmm.gate, vmm.finish))

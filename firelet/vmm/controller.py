@@ -20,6 +20,24 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+def fold_device_metrics(vmm: Any) -> None:
+    from firelet.metrics import METRICS
+
+    blocks = [d.metrics for name, d in vmm.devices.items() if name.startswith("block:")]
+    block = METRICS.block
+    block.read_bytes = sum(m.read_bytes for m in blocks)
+    block.write_bytes = sum(m.write_bytes for m in blocks)
+    block.read_count = sum(m.read_ops for m in blocks)
+    block.write_count = sum(m.write_ops for m in blocks)
+    block.flush_count = sum(m.flush_ops for m in blocks)
+    block.invalid_reqs_count = sum(m.failures + m.dropped for m in blocks)
+    serial = vmm.devices.get("serial")
+    if serial is not None:
+        METRICS.uart.write_count = serial.tx_bytes
+        METRICS.uart.read_count = serial.rx_bytes
+        METRICS.uart.missed_write_count = serial.tx_dropped
+
+
 class VmmController:
     def __init__(self, instance_id: str = "anonymous-instance", console: Any = None) -> None:
         self.instance_id = instance_id
@@ -117,7 +135,9 @@ class VmmController:
         raise NotSupported("snapshots are not supported by firelet yet")
 
     def flush_metrics(self) -> None:
-        pass
+        """Fold the devices' own counters into the process-wide metrics (cumulative values)."""
+        if self.vmm is not None:
+            fold_device_metrics(self.vmm)
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the VM ends; its exit code (0 for a clean end), None on timeout."""

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 
 from firelet.kvm import structs as S
+from firelet.metrics import METRICS, Area
 from firelet.vmm.bus import Bus
 from firelet.vmm.exits import ExitKind, VmExit
 
@@ -64,7 +65,7 @@ class Vcpu:
         mmio_bus: Bus,
         gate: VcpuGate,
         on_exit: ExitCallback,
-        metrics=None,  # an object with an ``exits`` dict of counters, or None
+        metrics: Area | None = None,
     ) -> None:
         self.index = index
         self.fd = fd
@@ -72,7 +73,7 @@ class Vcpu:
         self.mmio_bus = mmio_bus
         self.gate = gate
         self.on_exit = on_exit
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else METRICS.vcpu
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -91,6 +92,7 @@ class Vcpu:
         try:
             self._loop()
         except Exception as exc:  # a VMM bug in exit handling: end the VM, keep the trace in the log
+            self.metrics.failures += 1
             log.error("vCPU %d failed", self.index, exc_info=True)
             self.on_exit(VmExit(ExitKind.VMM_ERROR, f"vCPU {self.index}: {type(exc).__name__}: {exc}"))
 
@@ -102,7 +104,6 @@ class Vcpu:
             S.KVM_EXIT_IO: self._on_io,
             S.KVM_EXIT_MMIO: self._on_mmio,
         }
-        counts = self.metrics.exits if self.metrics is not None else None
         while not gate.stopping.is_set():
             if not gate.running.is_set():
                 gate.park()
@@ -111,12 +112,11 @@ class Vcpu:
                 fd.set_immediate_exit(False)
                 continue
             reason = run.exit_reason
-            if counts is not None:
-                counts[reason] = counts.get(reason, 0) + 1
             handler = handlers.get(reason)
             if handler is not None:
                 handler(run)
                 continue
+            self.metrics.add(f"exit_{S.KVM_EXIT_NAMES.get(reason, str(reason))[9:].lower()}")
             outcome = self._classify(run, reason)
             if outcome is not None:
                 self.on_exit(outcome)
@@ -128,9 +128,11 @@ class Vcpu:
         data = self.fd.io_data()
         port = io.port
         if io.direction == S.KVM_EXIT_IO_OUT:
+            self.metrics.exit_io_out += 1
             for i in range(0, len(data), size):
                 self.io_bus.write(port, data[i : i + size])
         else:
+            self.metrics.exit_io_in += 1
             for i in range(0, len(data), size):
                 self.io_bus.read(port, data[i : i + size])
 
@@ -138,8 +140,10 @@ class Vcpu:
         mmio = run.mmio
         data = self.fd.mmio_data()
         if mmio.is_write:
+            self.metrics.exit_mmio_write += 1
             self.mmio_bus.write(mmio.phys_addr, data)
         else:
+            self.metrics.exit_mmio_read += 1
             self.mmio_bus.read(mmio.phys_addr, data)
 
     def _classify(self, run, reason: int) -> VmExit | None:
