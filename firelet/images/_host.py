@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -140,3 +141,34 @@ def tail(path: Path, lines: int = 30) -> str:
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
+
+
+def process_tag() -> str:
+    """``<boot>-<pid>``: names a temporary dir after the process that owns it.
+
+    ``<boot>`` comes from the running kernel's boot id, so a tag written by a
+    process in another kernel (the nested rig shares the cache over 9p) is
+    never mistaken for one of ours.
+    """
+    return f"{_boot_id()}-{os.getpid()}"
+
+
+def tag_is_dead(tag: str) -> bool:
+    """True when a :func:`process_tag` names a process of this kernel that has exited."""
+    boot, _, pid = tag.rpartition("-")
+    if boot != _boot_id() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip().replace("-", "")[:12]
+    except OSError:
+        return socket.gethostname().replace("-", "_")

@@ -105,11 +105,8 @@ def build_kernel(*, jobs: int | None = None, progress: Progress | None = None) -
         ensure_build_deps(progress)
         _host.require_free_space(cache_dir(), MIN_FREE_BYTES, what="building the guest kernel")
         source = _extract_source(root, source_version, progress)
-        # Under the lock, any other build dir for this key is left over from an
-        # interrupted build: reclaim its space.
-        for stale in root.glob(f".build-{key}-*"):
-            _host.remove(stale)
-        tmp = root / f".build-{key}-{os.getpid()}"
+        _remove_stale_builds(root, key)
+        tmp = root / f".build-{key}-{_host.process_tag()}"
         try:
             artifacts = _build(source, fragment_path, tmp, root / f"build-{key}.log",
                                jobs or (os.cpu_count() or 1) + 1, progress)
@@ -162,6 +159,18 @@ def _pvh_entry(elf: bytes) -> int | None:
     except struct.error:
         return None
     return None
+
+
+def _remove_stale_builds(root: Path, key: str) -> None:
+    """Reclaim build dirs of this key left by interrupted builds on this host.
+
+    Only dirs whose process is gone: the lock does not hold across kernels
+    (the nested rig shares the cache over 9p), so a dir from another host,
+    or from a live process, may be a build in progress.
+    """
+    for candidate in root.glob(f".build-{key}-*"):
+        if _host.tag_is_dead(candidate.name.removeprefix(f".build-{key}-")):
+            _host.remove(candidate)
 
 
 def _cached(final: Path) -> KernelArtifacts | None:
@@ -221,8 +230,8 @@ def _build(source: Path, fragment: Path, tmp: Path, log: Path, jobs: int,
     dropped = dropped_options(fragment.read_text(), (build / ".config").read_text())
     if dropped:
         raise FireletError(
-            f"Kconfig dropped options from {fragment.name}: {', '.join(dropped)}; "
-            "add their dependencies to the fragment"
+            f"Kconfig did not keep these options of {fragment.name}: {', '.join(dropped)}; "
+            "add the options they depend on (see `make menuconfig`, or the Kconfig files) to the fragment"
         )
     say(progress, f"kernel: compiling vmlinux and bzImage with make -j{jobs} (log: {log})")
     started = time.monotonic()

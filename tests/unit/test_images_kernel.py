@@ -181,3 +181,21 @@ def test_live_line_prints_plain_lines_for_logs() -> None:
     assert stream.getvalue() == "compiling 1\ndone\n"
     assert ticker(print) == (15.0, print)
     assert LiveLine().stream is sys.stderr
+
+
+def test_only_dead_local_builds_are_stale(tmp_path: Path) -> None:
+    import subprocess
+
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    boot = _host.process_tag().rpartition("-")[0]
+    mine = tmp_path / f".build-k-{_host.process_tag()}"
+    gone = tmp_path / f".build-k-{boot}-{finished.pid}"
+    other_kernel = tmp_path / f".build-k-0123456789ab-{finished.pid}"  # e.g. inside the nested rig
+    other_key = tmp_path / f".build-j-{boot}-{finished.pid}"
+    for path in (mine, gone, other_kernel, other_key):
+        path.mkdir()
+    kernel._remove_stale_builds(tmp_path, "k")
+    assert mine.exists() and other_kernel.exists() and other_key.exists()
+    assert not gone.exists()
+    assert _host.tag_is_dead(f"{boot}-{finished.pid}") and not _host.tag_is_dead(_host.process_tag())
