@@ -97,6 +97,8 @@ def build_kernel(*, jobs: int | None = None, progress: Progress | None = None) -
     key = kernel_key(fragment, source_version)
     root = cache_dir() / "kernel"
     final = root / key
+    if (cached := _cached(final)) is not None:  # no lock: the cache may be read-only (the rig)
+        return cached
     with _host.locked(root / f"{key}.lock"):
         if (cached := _cached(final)) is not None:
             return cached

@@ -97,6 +97,8 @@ def build_rootfs(*, size_mib: int = 64, progress: Progress | None = None) -> Pat
         raise UsageError(f"rootfs size must be {MIN_SIZE_MIB}..{MAX_SIZE_MIB} MiB, not {size_mib}")
     busybox, init = find_busybox(progress), _init_script()
     final = _rootfs_dir() / f"{rootfs_key(busybox.read_bytes(), init, 'ext4', size_mib)}.ext4"
+    if final.is_file():  # no lock: the cache may be read-only (the rig)
+        return final
     with _host.locked(final.with_suffix(".lock")):
         if final.is_file():
             return final
