@@ -95,6 +95,10 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    # vCPUs are kicked out of KVM_RUN by a signal whose handler only the main thread can install.
+    from firelet.kvm import install_kick_handler
+
+    install_kick_handler()
     from firelet.api.routes import Api
     from firelet.api.server import ApiServer, Request, bind_unix_socket, remove_socket_file
     from firelet.vmm import config as cfg
