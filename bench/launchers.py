@@ -1,0 +1,94 @@
+"""The VMMs the yardstick boots: one small class per VMM.
+
+A launcher knows the argv that boots a given kernel, root image and kernel
+command line with console on stdout, and how to end the VM if it does not
+end itself. Every figure in the report is also given as a ratio against
+:class:`QemuMicrovm` measured in the same run, so add new VMMs to
+:data:`LAUNCHERS` after it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class BootInputs:
+    """What every VMM boots: the same kernel, a private copy of the same root, one command line."""
+
+    vmlinux: Path
+    rootfs: Path
+    cmdline: str
+    mem_mib: int = 128
+    vcpus: int = 1
+
+
+class Launcher:
+    """Base class: override ``name``, ``argv`` and, if needed, ``stop``."""
+
+    name = "?"
+
+    def available(self) -> str | None:
+        """None when this VMM can run here, else why not (reported, not raised)."""
+        return None
+
+    def argv(self, boot: BootInputs) -> list[str]:
+        raise NotImplementedError
+
+    def kernel_cmdline(self, base: str) -> str:
+        """The guest command line this VMM needs, from the common one."""
+        return base
+
+    def stop(self, proc: subprocess.Popen[bytes], grace: float) -> bool:
+        """Let the guest's own reboot end the VMM within ``grace`` s; kill it otherwise.
+
+        Returns True when the VMM exited by itself (a clean end).
+        """
+        try:
+            proc.wait(timeout=grace)
+            return True
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return False
+
+
+class QemuMicrovm(Launcher):
+    """QEMU's ``microvm`` machine: the reference every other VMM is measured against."""
+
+    name = "qemu-microvm"
+    binary = "qemu-system-x86_64"
+
+    def available(self) -> str | None:
+        return None if shutil.which(self.binary) else f"{self.binary} is missing (apt-get install qemu-system-x86)"
+
+    def argv(self, boot: BootInputs) -> list[str]:
+        return [
+            self.binary,
+            # acpi=off: the guest kernel has no ACPI, so QEMU must name the virtio-mmio
+            # devices on the command line (virtio_mmio.device=) instead of in a DSDT.
+            "-M", "microvm,x-option-roms=off,isa-serial=on,rtc=off,acpi=off",
+            "-enable-kvm", "-cpu", "host",
+            "-m", str(boot.mem_mib), "-smp", str(boot.vcpus),
+            "-nodefaults", "-no-user-config", "-nographic",
+            "-serial", "stdio",
+            "-kernel", str(boot.vmlinux),
+            "-append", self.kernel_cmdline(boot.cmdline),
+            "-drive", f"id=root,file={boot.rootfs},format=raw,if=none",
+            "-device", "virtio-blk-device,drive=root",
+            "-no-reboot",
+        ]
+
+
+    def kernel_cmdline(self, base: str) -> str:
+        # microvm has no i8042, so reboot=k only halts; a triple fault (reboot=t)
+        # resets, and -no-reboot turns the reset into QEMU's exit.
+        return base.replace("reboot=k", "reboot=t")
+
+
+# In report order; the first is the reference for the ratios.
+LAUNCHERS: list[Launcher] = [QemuMicrovm()]
