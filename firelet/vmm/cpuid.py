@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ctypes
 
-from firelet.kvm.structs import kvm_cpuid2, kvm_cpuid_entry2, make_kvm_cpuid2
+from firelet.kvm.structs import KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid2, kvm_cpuid_entry2, make_kvm_cpuid2
 
 VENDOR_INTEL = b"GenuineIntel"
 VENDOR_AMD = b"AuthenticAMD"
@@ -52,16 +52,19 @@ LEAF80000008_APIC_ID_SIZE_SHIFT = 12
 def build_cpuid(supported: kvm_cpuid2, cpu_index: int, num_cpus: int) -> ctypes.Structure:
     """A copy of ``supported`` (from KVM_GET_SUPPORTED_CPUID) edited for vCPU ``cpu_index`` of ``num_cpus``.
 
+    Entries keep their order; missing extended-topology subleaves are appended.
+
     The hypervisor leaves (0x40000000: "KVMKVMKVM", 0x40000001: KVM features)
     are kept as KVM reports them.
     """
     if not 0 <= cpu_index < num_cpus <= 255:
         raise ValueError(f"vCPU index {cpu_index} is not in 0..{num_cpus - 1}")
-    cpuid = make_kvm_cpuid2(supported.entries[: supported.nent])
-    vendor = _vendor(cpuid)
+    entries = [kvm_cpuid_entry2.from_buffer_copy(e) for e in supported.entries[: supported.nent]]
+    vendor = _vendor(entries)
     amd_like = vendor in (VENDOR_AMD, VENDOR_HYGON)
     core_bits = _bits_for(num_cpus)
-    for entry in cpuid.entries:
+    entries += _missing_topology_subleaves(entries)
+    for entry in entries:
         fn = entry.function
         if fn == LEAF_FEATURES:
             _edit_leaf1(entry, cpu_index, num_cpus)
@@ -86,7 +89,25 @@ def build_cpuid(supported: kvm_cpuid2, cpu_index: int, num_cpus: int) -> ctypes.
             entry.ebx = cpu_index & 0xFF
             entry.ecx = 0
             entry.edx = 0
-    return cpuid
+    return make_kvm_cpuid2(entries)
+
+
+def _missing_topology_subleaves(entries: list[kvm_cpuid_entry2]) -> list[kvm_cpuid_entry2]:
+    """Empty entries for the SMT, core and terminating subleaves (0, 1, 2) of 0xB/0x1F that KVM left out.
+
+    Some KVMs report only subleaf 0; without the core level a guest would
+    take every vCPU for a package of its own (SDM CPUID.0BH: enumeration stops
+    at the first subleaf whose level type is 0).
+    """
+    present = {(e.function, e.index) for e in entries}
+    added = []
+    for fn in (LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2):
+        if (fn, 0) not in present:
+            continue
+        for index in (0, 1, 2):
+            if (fn, index) not in present:
+                added.append(kvm_cpuid_entry2(function=fn, index=index, flags=KVM_CPUID_FLAG_SIGNIFCANT_INDEX))
+    return added
 
 
 def _edit_leaf1(entry: kvm_cpuid_entry2, cpu_index: int, num_cpus: int) -> None:
@@ -125,9 +146,9 @@ def _edit_topology(entry: kvm_cpuid_entry2, cpu_index: int, num_cpus: int, core_
     entry.edx = cpu_index
 
 
-def _vendor(cpuid: ctypes.Structure) -> bytes:
+def _vendor(entries: list[kvm_cpuid_entry2]) -> bytes:
     """The vendor string from leaf 0 (EBX, EDX, ECX, in that order)."""
-    for entry in cpuid.entries:
+    for entry in entries:
         if entry.function == LEAF_VENDOR:
             return b"".join(v.to_bytes(4, "little") for v in (entry.ebx, entry.edx, entry.ecx))
     return b""

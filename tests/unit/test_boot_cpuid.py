@@ -74,8 +74,21 @@ def test_input_is_not_modified_and_entries_are_all_kept() -> None:
     before = bytes(supported)
     out = build_cpuid(supported, 1, 2)
     assert bytes(supported) == before
-    assert out.nent == supported.nent
-    assert [(e.function, e.index) for e in out.entries] == [(e.function, e.index) for e in supported.entries]
+    kept = [(e.function, e.index) for e in supported.entries]
+    assert [(e.function, e.index) for e in out.entries] == kept + [(0x1F, 2)]  # 0x1F lacked its terminator
+
+
+def test_missing_topology_subleaves_are_added() -> None:
+    """Some KVMs (this machine's) report only subleaf 0 of leaf 0xB; the core level must still exist."""
+    entries = [e for e in _supported().entries if e.function not in (0xB, 0x1F)]
+    entries.append(_entry(0xB, 0, 0, 0, 0, 0, SIGNIFICANT_INDEX))
+    out = build_cpuid(make_kvm_cpuid2(entries), 1, 2)
+    subleaves = {e.index: e for e in out.entries if e.function == 0xB}
+    assert sorted(subleaves) == [0, 1, 2]
+    assert all(e.flags & SIGNIFICANT_INDEX for e in subleaves.values())
+    assert ((subleaves[1].ecx >> 8) & 0xFF, subleaves[1].ebx, subleaves[1].edx) == (2, 2, 1)
+    assert (subleaves[2].ecx >> 8) & 0xFF == 0
+    assert not [e for e in out.entries if e.function == 0x1F]  # not invented where KVM has none
 
 
 def test_leaf4_cores_per_package_and_cache_sharing_on_intel() -> None:
