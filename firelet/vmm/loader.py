@@ -54,8 +54,10 @@ _VERSION = 0x206
 _LOADFLAGS = 0x211
 _INITRD_ADDR_MAX = 0x22C
 _KERNEL_ALIGNMENT = 0x230
+_RELOCATABLE_KERNEL = 0x234
 _XLOADFLAGS = 0x236
 _CMDLINE_SIZE = 0x238
+_PREF_ADDRESS = 0x258
 _INIT_SIZE = 0x260
 #: struct boot_params puts edd_mbr_sig_buffer at 0x290 (zero-page.rst): the header never reaches past it.
 HDR_LIMIT = 0x290
@@ -332,8 +334,10 @@ def _parse_bzimage(data: bytes | bytearray | memoryview | mmap.mmap) -> KernelIm
     pm_size = field(_SYSSIZE, "<I") * 16  # syssize counts 16-byte paragraphs
     if pm_size == 0 or pm_offset + pm_size > len(data):
         raise KernelLoadError("bzImage is truncated (protected-mode kernel runs past the end of the file)")
-    init_size = field(_INIT_SIZE, "<I")  # protocol 2.10: memory the kernel needs from its load address
-    end = layout.HIMEM_START + max(pm_size, init_size)
+    alignment = field(_KERNEL_ALIGNMENT, "<I")
+    runtime_start = _runtime_start(field(_RELOCATABLE_KERNEL, "<B"), field(_PREF_ADDRESS, "<Q"), alignment)
+    # boot.rst "init_size": memory the kernel needs from its runtime start before it reads the memory map.
+    end = max(layout.HIMEM_START + pm_size, runtime_start + field(_INIT_SIZE, "<I"))
     cmdline_max = min(field(_CMDLINE_SIZE, "<I"), layout.CMDLINE_MAX_SIZE - 1)
     return KernelImage(
         "bzimage",
@@ -344,5 +348,13 @@ def _parse_bzimage(data: bytes | bytearray | memoryview | mmap.mmap) -> KernelIm
         setup_header=bytes(data[_HDR_START : min(hdr_end, HDR_LIMIT)]),
         initrd_addr_max=field(_INITRD_ADDR_MAX, "<I"),
         cmdline_max=cmdline_max,
-        kernel_alignment=field(_KERNEL_ALIGNMENT, "<I"),
+        kernel_alignment=alignment,
     )
+
+
+def _runtime_start(relocatable: int, pref_address: int, alignment: int) -> int:
+    """Where the kernel decompresses itself and runs (boot.rst, "init_size", the runtime start algorithm)."""
+    if not relocatable:
+        return pref_address
+    load = max(layout.HIMEM_START, pref_address)
+    return -(-load // alignment) * alignment if alignment else load

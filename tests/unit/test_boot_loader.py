@@ -69,6 +69,8 @@ def make_bzimage(
     initrd_addr_max: int = 0x7FFFFFFF,
     cmdline_size: int = 2047,
     syssize: int | None = None,
+    relocatable: int = 1,
+    pref_address: int = 0x1000000,
 ) -> bytes:
     """A bzImage: setup sectors holding a 2.15-sized setup header, then ``payload`` (16-byte multiple)."""
     setup = bytearray((setup_sects + 1) * 512)
@@ -83,6 +85,8 @@ def make_bzimage(
     struct.pack_into("<I", setup, 0x230, 0x200000)
     struct.pack_into("<H", setup, 0x236, xloadflags)
     struct.pack_into("<I", setup, 0x238, cmdline_size)
+    setup[0x234] = relocatable
+    struct.pack_into("<Q", setup, 0x258, pref_address)
     struct.pack_into("<I", setup, 0x260, init_size)
     return bytes(setup) + payload
 
@@ -162,11 +166,26 @@ def test_bzimage_protected_mode_kernel_goes_to_1mib_and_keeps_its_header(mem: Gu
     assert kernel.entry == layout.HIMEM_START + 0x200  # boot.rst "64-bit BOOT PROTOCOL"
     assert kernel.pvh_entry is None
     assert mem.read(layout.HIMEM_START, len(payload)) == payload
-    assert kernel.end == layout.HIMEM_START + 8 * MiB  # init_size, larger than the payload
+    assert kernel.end == 16 * MiB + 8 * MiB  # runtime start (pref_address) + init_size
     assert kernel.setup_header == blob[0x1F1:0x26C]
     assert kernel.initrd_addr_max == 0x1FFFFFFF
     assert kernel.cmdline_max == 255
     assert kernel.kernel_alignment == 0x200000
+
+
+@pytest.mark.parametrize(
+    ("relocatable", "pref", "align", "end"),
+    [
+        (1, 0x1000000, 0x200000, 0x1000000 + 4 * MiB),  # relocatable: runs at pref_address
+        (1, 0, 0x200000, 0x200000 + 4 * MiB),  # ... or at the load address aligned up
+        (1, 0x1100000, 0x1000000, 0x2000000 + 4 * MiB),  # pref_address aligned up to kernel_alignment
+        (0, 0x1000000, 0x200000, 0x1000000 + 4 * MiB),  # fixed: runs at pref_address
+    ],
+)
+def test_bzimage_end_follows_the_runtime_start_algorithm(relocatable: int, pref: int, align: int, end: int) -> None:
+    blob = bytearray(make_bzimage(b"K" * 512, init_size=4 * MiB, relocatable=relocatable, pref_address=pref))
+    struct.pack_into("<I", blob, 0x230, align)
+    assert parse_kernel(bytes(blob)).end == end
 
 
 def test_bzimage_setup_sects_zero_means_four() -> None:
