@@ -53,6 +53,7 @@ class RunSpec:
     shares: list[Share] = field(default_factory=list)
     root_cache: str = ROOT_CACHE
     verbose: bool = False
+    tty_size: tuple[int, int] | None = None  # (rows, columns) of the caller's terminal
 
 
 def rig_environment(base: dict[str, str]) -> dict[str, str]:
@@ -68,6 +69,9 @@ def command_script(spec: RunSpec) -> str:
     """The POSIX sh script run inside the chroot: environment, cwd, then ``exec`` the command."""
     lines = ["# firelet rig: the command of one run"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(spec.env.items())]
+    if spec.tty_size is not None:
+        rows, cols = spec.tty_size
+        lines.append(f"stty rows {int(rows)} cols {int(cols)} 2>/dev/null")
     cwd = shlex.quote(spec.cwd)
     lines.append(f"cd {cwd} || {{ echo \"firelet nested: cannot enter {spec.cwd!s} inside the rig "
                  "(is it under /tmp? pass it with --share)\" >&2; exit 125; }")

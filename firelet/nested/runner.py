@@ -73,6 +73,7 @@ def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Pa
         argv=list(argv), cwd=_check_dir(Path(cwd or os.getcwd()), "--cwd"),
         env=rig_environment(dict(os.environ if env is None else env)),
         nonce=secrets.token_hex(8), shares=share_list, verbose=verbose,
+        tty_size=_tty_size() if interactive else None,
     )
     base = outer.prepare_base()
     spec = RunSpec(**{**spec.__dict__, "modules": outer.module_paths_inside(base.kernel)})
@@ -83,7 +84,8 @@ def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Pa
                                     initrd=initrd, cmdline=kernel_cmdline(verbose=verbose),
                                     mem_mib=mem_mib, smp=smp, shares=share_list,
                                     bios=QBOOT if pvh else None)
-        filt = RigOutput(spec.nonce, show_boot=verbose, strip_cr=not interactive)
+        # QEMU keeps OPOST|ONLCR on a raw stdio terminal, so \r\n -> \n is right in both modes.
+        filt = RigOutput(spec.nonce, show_boot=verbose, strip_cr=True)
         return _supervise(qemu_argv, filt, out, timeout=timeout, interactive=interactive)
 
 
@@ -171,6 +173,14 @@ def _kill(proc: subprocess.Popen[bytes]) -> None:
     for stream in (proc.stdout, proc.stderr):
         if stream is not None:
             stream.close()
+
+
+def _tty_size() -> tuple[int, int] | None:
+    try:
+        size = os.get_terminal_size(sys.stdin.fileno())
+    except (OSError, ValueError):
+        return None
+    return size.lines, size.columns
 
 
 def _save_tty() -> list | None:  # type: ignore[type-arg]

@@ -75,3 +75,8 @@ def test_rig_environment_adds_flags_and_drops_shell_state() -> None:
     assert env["FIRELET_IN_RIG"] == "1" and env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["FOO"] == "1" and env["PATH"] == "/bin"
     assert "PWD" not in env and "SHLVL" not in env and "BAD-NAME" not in env
+
+
+def test_interactive_run_gets_the_terminal_size() -> None:
+    assert "stty rows 40 cols 120" in command_script(_spec(tty_size=(40, 120)))
+    assert "stty" not in command_script(_spec())

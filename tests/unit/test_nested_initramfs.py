@@ -40,3 +40,15 @@ def test_newc_layout() -> None:
     assert b"TRAILER!!!\0" in raw
     # header (110) + "f\0" padded to 112, then 5 data bytes padded to 8
     assert raw[112:117] == b"abcde" and raw[117:120] == b"\0\0\0"
+
+
+def test_vmlinux_is_found_inside_an_xz_bzimage() -> None:
+    import lzma
+
+    from firelet.nested.outer import extract_vmlinux
+
+    elf = b"\x7fELF" + bytes(range(256)) * 50
+    # a setup header, then a decoy that is not xz, then the payload
+    image = b"MZ" + b"\0" * 0x200 + b"HdrS" + b"\xfd7zXZ\x00garbage" + lzma.compress(elf, format=lzma.FORMAT_XZ)
+    assert extract_vmlinux(image) == elf
+    assert extract_vmlinux(b"MZ no payload") is None

@@ -48,3 +48,8 @@ def test_cmdline_is_quiet_unless_verbose() -> None:
     quiet = kernel_cmdline(verbose=False)
     assert "console=ttyS0" in quiet and "panic=-1" in quiet and "quiet" in quiet and "loglevel=0" in quiet
     assert "quiet" not in kernel_cmdline(verbose=True)
+
+
+def test_bios_replaces_seabios_only_when_given() -> None:
+    assert "-bios" not in _argv()
+    assert _value(_argv(bios=Path("/usr/share/qemu/qboot.rom")), "-bios") == ["/usr/share/qemu/qboot.rom"]
