@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Literal
 
 from firelet.errors import FireletError
 from firelet.vmm import layout
-from firelet.vmm.memory import GuestMemory, GuestMemoryError
+from firelet.vmm.memory import GuestMemory
 
 PAGE_SIZE = 0x1000
 
@@ -144,7 +145,11 @@ def load_kernel(mem: GuestMemory, path: Path) -> KernelImage:
     with _open_image(path, "kernel") as (fd, size):
         if size == 0:
             raise KernelLoadError(f"kernel image {path} is empty; pass a Linux kernel")
-        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as data:
+        try:
+            data = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+        except OSError as exc:
+            raise KernelLoadError(f"cannot map kernel image {path}: {exc.strerror}") from None
+        with data:
             try:
                 return load_kernel_data(mem, data)
             except KernelLoadError as exc:
@@ -219,13 +224,16 @@ class _open_image:
 
     def __enter__(self) -> tuple[int, int]:
         try:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            size = os.fstat(self.fd).st_size
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            info = os.fstat(self.fd)
         except OSError as exc:
             if self.fd >= 0:
                 os.close(self.fd)
             raise KernelLoadError(f"cannot read {self.what} {self.path}: {exc.strerror}") from None
-        return self.fd, size
+        if not stat.S_ISREG(info.st_mode):
+            os.close(self.fd)
+            raise KernelLoadError(f"{self.what} {self.path} is not a regular file; pass the image file itself")
+        return self.fd, info.st_size
 
     def __exit__(self, *exc: object) -> None:
         os.close(self.fd)

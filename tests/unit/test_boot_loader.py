@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
@@ -240,6 +241,15 @@ def test_missing_or_empty_kernel_file_is_a_one_line_error(mem: GuestMemory, tmp_
     with pytest.raises(KernelLoadError, match=r"vmlinux") as info:
         load_kernel(mem, path)
     assert "\n" not in str(info.value)
+
+
+def test_directory_or_fifo_is_not_an_image(mem: GuestMemory, tmp_path: Path) -> None:
+    with pytest.raises(KernelLoadError, match="not a regular file"):
+        load_kernel(mem, tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(KernelLoadError, match="not a regular file"):
+        load_initrd(mem, fifo, _kernel())
 
 
 def test_kernel_error_names_the_file(mem: GuestMemory, tmp_path: Path) -> None:
