@@ -58,6 +58,18 @@ def _check_dir(path: Path, what: str) -> str:
     return str(resolved)
 
 
+#: Host directories the rig mounts a fresh tmpfs over: the host's files there are not visible inside.
+_TMPFS_INSIDE = ("/tmp", "/run", "/dev/shm")
+
+
+def _is_within(path: str, parent: str) -> bool:
+    return path == parent or path.startswith(parent.rstrip("/") + "/")
+
+
+def _hidden_inside(path: str) -> bool:
+    return any(_is_within(path, top) for top in _TMPFS_INSIDE)
+
+
 def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Path, ...] = (),
                mem_mib: int = 4096, smp: int = 2, cwd: Path | str | None = None,
                stdout: TextIO | BinaryIO | None = None, interactive: bool = False,
@@ -68,9 +80,13 @@ def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Pa
     if timeout <= 0 or mem_mib < 256 or smp < 1:
         raise UsageError("--timeout must be > 0, --mem at least 256 MiB and --smp at least 1")
     out = _binary_out(stdout if stdout is not None else sys.stdout)
-    share_list = [Share(f"share{i}", _check_dir(Path(p), "--share")) for i, p in enumerate(shares)]
+    work_dir = _check_dir(Path(cwd or os.getcwd()), "--cwd")
+    share_paths = [_check_dir(Path(p), "--share") for p in shares]
+    if _hidden_inside(work_dir) and not any(_is_within(work_dir, p) for p in share_paths):
+        share_paths.append(work_dir)  # e.g. a checkout under /tmp, which is a fresh tmpfs inside
+    share_list = [Share(f"share{i}", p) for i, p in enumerate(share_paths)]
     spec = RunSpec(
-        argv=list(argv), cwd=_check_dir(Path(cwd or os.getcwd()), "--cwd"),
+        argv=list(argv), cwd=work_dir,
         env=rig_environment(dict(os.environ if env is None else env)),
         nonce=secrets.token_hex(8), shares=share_list, verbose=verbose,
         tty_size=_tty_size() if interactive else None,
