@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,5 +91,20 @@ class QemuMicrovm(Launcher):
         return base.replace("reboot=k", "reboot=t")
 
 
+class Firelet(Launcher):
+    """firelet's own VMM, started as a user would: ``python -m firelet run``."""
+
+    name = "firelet"
+
+    def argv(self, boot: BootInputs) -> list[str]:
+        return [
+            sys.executable, "-m", "firelet", "run",
+            "--kernel", str(boot.vmlinux),
+            "--rootfs", str(boot.rootfs),
+            "--cmdline", self.kernel_cmdline(boot.cmdline),
+            "--vcpus", str(boot.vcpus), "--mem", str(boot.mem_mib),
+        ]
+
+
 # In report order; the first is the reference for the ratios.
-LAUNCHERS: list[Launcher] = [QemuMicrovm()]
+LAUNCHERS: list[Launcher] = [QemuMicrovm(), Firelet()]
