@@ -20,8 +20,8 @@ from pathlib import Path
 
 from firelet.cache import cache_dir, content_key, repo_root
 from firelet.errors import FireletError
-from firelet.images import _host
-from firelet.images._host import Progress, say
+from firelet import host as _host
+from firelet.host import Progress, say
 from firelet.images.kconfig import dropped_options
 from firelet.images.progress import LiveLine, elapsed, ticker
 

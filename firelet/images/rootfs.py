@@ -19,8 +19,8 @@ from pathlib import Path
 
 from firelet.cache import cache_dir, content_key, repo_root
 from firelet.errors import FireletError, UsageError
-from firelet.images import _host
-from firelet.images._host import Progress, say
+from firelet import host as _host
+from firelet.host import Progress, say
 from firelet.images.cpio import write_newc
 from firelet.images.tree import CHARDEV, DIR, FILE, SYMLINK, Entry, stage
 

@@ -8,18 +8,16 @@ per-run archive.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import re
 import shutil
 import subprocess
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
+from firelet import host
 from firelet.cache import cache_dir, content_key
 from firelet.errors import FireletError, MissingToolError
 from firelet.nested import initramfs as cpio
@@ -66,17 +64,6 @@ def rig_dir() -> Path:
     return path
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialize preparation between concurrent firelet processes."""
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
     try:
         proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, check=False)
@@ -90,14 +77,7 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
 
 def _apt_install(package: str) -> None:
     """Install a Debian package as root, or say which one to install."""
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise MissingToolError(f"the rig needs the Debian package {package}: run apt-get install {package} as root")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    argv = ["apt-get", "install", "-y", "--no-install-recommends", package]
-    if subprocess.run(argv, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, capture_output=True)
-        if subprocess.run(argv, env=env, capture_output=True).returncode != 0:
-            raise MissingToolError(f"could not install the Debian package {package}; install it by hand")
+    host.apt_install([package], why="the nested rig", progress=None)
 
 
 def _is_static_elf(path: Path) -> bool:
@@ -280,7 +260,7 @@ def _base_initrd(kernel: OuterKernel) -> Path:
 
 def prepare_base() -> RigBase:
     """The outer kernel and base initramfs, built (and cached) on first use."""
-    with _locked(rig_dir() / ".lock"):
+    with host.locked(rig_dir() / ".lock"):
         ensure_host_tools()
         kernel = _add_vmlinux(_cached_kernel() or _fetch_kernel(_choose_kernel_package()))
         return RigBase(kernel, _base_initrd(kernel))

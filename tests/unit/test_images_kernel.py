@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from firelet.cache import repo_root
 from firelet.errors import FireletError
 from firelet.images import KernelArtifacts, build_kernel
-from firelet.images import _host, kernel
+from firelet import host as _host
+from firelet.images import kernel
 from firelet.images.kernel import (
     FRAGMENT_PATH, XEN_ELFNOTE_PHYS32_ENTRY, check_bzimage, check_vmlinux, kernel_key,
 )

@@ -1,6 +1,6 @@
-"""Host-side plumbing shared by the image builders: tools, apt, disk, locks.
+"""Host-side plumbing shared by the image builders and the nested rig: tools, apt, disk, locks.
 
-The builders run real programs (make, mkfs.ext4) and may install Debian
+They run real programs (make, mkfs.ext4, qemu) and may install Debian
 packages. Everything that can fail because of the host turns into a
 :class:`~firelet.errors.FireletError` naming the package or the fix.
 """
@@ -61,10 +61,11 @@ def apt_install(packages: list[str], *, why: str, progress: Progress | None) -> 
         raise MissingToolError(f"{why} needs Debian packages {', '.join(packages)}: run `{command}` as root")
     say(progress, f"installing {' '.join(packages)} with apt-get ({why})")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    result = subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", *packages],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    argv = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    result = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if result.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True)
+        result = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if result.returncode != 0:
         last = (result.stdout.strip().splitlines() or ["(no output)"])[-1]
         raise MissingToolError(
