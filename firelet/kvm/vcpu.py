@@ -89,6 +89,11 @@ class VcpuFd:
         return True
 
     @property
+    def run_view(self) -> memoryview:
+        """The whole ``kvm_run`` mapping as bytes, for exit decoding without ctypes objects."""
+        return self._view
+
+    @property
     def exit_reason(self) -> int:
         return self.run_struct.exit_reason
 

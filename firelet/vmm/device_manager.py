@@ -76,7 +76,8 @@ def _attach_serial(vmm: Vmm, console: ConsoleSpec) -> None:
             reading["on"] = True
             loop.call_soon(lambda: loop.add_reader(input_fd, on_stdin))
 
-    serial = Serial(line, console.sink, on_input_space=resume_input)
+    serial = Serial(line, console.sink, on_input_space=resume_input, defer=loop.call_soon)
+    vmm.resources.closers.append(serial.flush_output)
     vmm.io_bus.insert(serial, SERIAL_PORT_BASE, SERIAL_PORT_COUNT)
     vmm.devices["serial"] = serial
 

@@ -97,8 +97,27 @@ def test_output_reaches_sink_with_thre_interrupts() -> None:
     for byte in b"there\n":
         _out(uart, s.DATA, byte)
     assert sink.getvalue() == b"hithere\n"
-    assert irq.count == 1 + 6  # one on enabling, one per byte
-    assert uart.tx_bytes == 8
+    # An edge when THRE becomes pending (on enabling); a burst adds none until the driver reads IIR.
+    assert irq.count == 1
+    assert _in(uart, s.IIR) & 0x0F == s.IIR_THRI
+    _out(uart, s.DATA, ord("!"))
+    assert irq.count == 2  # pending again after the IIR read: a new edge
+    assert uart.tx_bytes == 9
+
+
+def test_deferred_output_is_batched_per_line() -> None:
+    deferred = []
+    sink = _Sink()
+    uart = s.Serial(CountingInterrupt(), sink, defer=deferred.append)
+    for byte in b"login: ":
+        _out(uart, s.DATA, byte)
+    assert sink.getvalue() == b"" and len(deferred) == 1  # one flush scheduled for the whole prompt
+    deferred.pop()()
+    assert sink.getvalue() == b"login: "
+    for byte in b"root\n":
+        _out(uart, s.DATA, byte)
+    assert sink.getvalue() == b"login: root\n"  # a newline goes out at once
+    assert uart.tx_bytes == 12
 
 
 def test_divisor_latch_does_not_transmit() -> None:

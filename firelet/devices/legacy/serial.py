@@ -80,6 +80,8 @@ _MSR_DEFAULT = MSR_DCD | MSR_DSR | MSR_CTS
 _DEFAULT_DIVISOR = 12
 #: Receive queue capacity: the 16550A's 16-byte FIFO plus room for a pasted line.
 DEFAULT_INPUT_CAPACITY = 4096
+#: Batched guest output is written once it reaches this many bytes, even without a newline.
+_OUT_BATCH = 256
 
 
 class Sink(Protocol):
@@ -98,12 +100,19 @@ class Serial:
         *,
         input_capacity: int = DEFAULT_INPUT_CAPACITY,
         on_input_space: Callable[[], None] | None = None,
+        defer: Callable[[Callable[[], None]], None] | None = None,
     ) -> None:
+        """``defer(fn)`` runs ``fn`` soon on another thread (the event loop's ``call_soon``);
+        with it, output is batched per line instead of written byte by byte."""
         self._interrupt = interrupt
         self._sink = sink
         self._capacity = max(1, input_capacity)
         self._on_input_space = on_input_space
         self._lock = threading.Lock()
+        self._defer = defer
+        self._out = bytearray()
+        self._out_lock = threading.Lock()
+        self._flush_scheduled = False
         self._rx: deque[int] = deque()
         self.tx_bytes = 0
         self.rx_bytes = 0
@@ -255,21 +264,47 @@ class Serial:
             if len(self._rx) < self._capacity:
                 fire = not self._rx and bool(self._ier & IER_RDI)
                 self._rx.append(value)
-        if self._ier & IER_THRI:
+        if self._ier & IER_THRI and not self._thre_pending:
+            # The line is an edge: raise it when THRE becomes pending, not again for every
+            # byte of a burst the driver writes before it reads IIR.
             self._thre_pending = True
             fire = True
         return out, fire
 
     def _emit(self, value: int) -> None:
-        sink = self._sink
         self.tx_bytes += 1
-        if sink is None:
+        if self._sink is None:
             return
+        if self._defer is None:
+            self._write_sink(bytes((value,)))
+            return
+        # Batch output: a console line costs one write, not one per byte. A newline or a
+        # full batch goes out at once; anything else (a prompt) as soon as the loop runs.
+        with self._out_lock:
+            self._out.append(value)
+            now = value == 0x0A or len(self._out) >= _OUT_BATCH
+            schedule = not now and not self._flush_scheduled
+            if schedule:
+                self._flush_scheduled = True
+        if now:
+            self.flush_output()
+        elif schedule:
+            self._defer(self.flush_output)
+
+    def flush_output(self) -> None:
+        """Write out batched guest output (thread-safe)."""
+        with self._out_lock:
+            data, self._out = bytes(self._out), bytearray()
+            self._flush_scheduled = False
+        if data:
+            self._write_sink(data)
+
+    def _write_sink(self, data: bytes) -> None:
         try:
-            sink.write(bytes((value,)))
-            sink.flush()  # a console must never hold back a prompt
+            self._sink.write(data)
+            self._sink.flush()  # a console must never hold back a prompt
         except (OSError, ValueError) as exc:
             # A closed or broken sink must not take the guest down with it.
-            self.tx_dropped += 1
-            if self.tx_dropped == 1:
+            self.tx_dropped += len(data)
+            if self.tx_dropped == len(data):
                 log.warning("serial output dropped: %s", exc)
