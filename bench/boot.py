@@ -47,6 +47,8 @@ def _parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=3, help="boots per VMM (default 3)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
     p.add_argument("--guest-cmd", default="sleep 3", help="what the guest runs after the marker")
+    p.add_argument("--quiet", action="store_true",
+                   help="boot with 'quiet': the kernel's boot log stays off the serial console")
     p.add_argument("--boot-timeout", type=float, default=300.0, metavar="S", help="per boot (default 300)")
     p.add_argument("--rig-mem", type=int, default=4096, metavar="MiB", help="outer rig memory")
     p.add_argument("--rig-smp", type=int, default=2, metavar="N", help="outer rig CPUs")
@@ -130,7 +132,8 @@ def _stats(values: list[float]) -> dict[str, float] | None:
 def measure(args: argparse.Namespace, vmlinux: Path, rootfs_template: Path) -> dict[str, object]:
     from firelet.images import copy_rootfs, guest_cmdline_for
 
-    cmdline = f"{_BASE_CMDLINE} {guest_cmdline_for(args.guest_cmd)}"
+    base = f"{_BASE_CMDLINE} quiet" if args.quiet else _BASE_CMDLINE
+    cmdline = f"{base} {guest_cmdline_for(args.guest_cmd)}"
     results: dict[str, object] = {}
     for launcher in LAUNCHERS:
         why_not = launcher.available()
@@ -233,7 +236,8 @@ def main(argv: list[str]) -> int:
     report = {
         "machine": os.environ.get(_HOST_ENV) or machine_description(),
         "rig": os.environ.get(_RIG_ENV) if os.environ.get("FIRELET_IN_RIG") == "1" else f"none ({why})",
-        "guest": f"{vmlinux.name} + ext4 root, 128 MiB, 1 vCPU, command {args.guest_cmd!r}",
+        "guest": (f"{vmlinux.name} + ext4 root, 128 MiB, 1 vCPU, command {args.guest_cmd!r}, "
+                  f"kernel log {'off (quiet)' if args.quiet else 'on the serial console'}"),
         "runs": args.runs,
         "results": measure(args, vmlinux, rootfs),
     }

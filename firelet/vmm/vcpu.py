@@ -116,12 +116,16 @@ class Vcpu:
         view_len = len(view)
         io_bus, mmio_bus, metrics = self.io_bus, self.mmio_bus, self.metrics
         unpack_reason, unpack_io, unpack_mmio = _EXIT_REASON.unpack_from, _IO.unpack_from, _MMIO.unpack_from
-        while not gate.stopping.is_set():
-            if not gate.running.is_set():
-                gate.park()
-                continue
-            if not fd.run():  # interrupted (kicked): look at the gate again
+        enter = fd.run
+        # Pausing and stopping always kick the vCPU (immediate_exit + a signal), which makes
+        # KVM_RUN return "interrupted": the gate is only consulted then, not on every exit.
+        while True:
+            if not enter():
                 fd.set_immediate_exit(False)
+                if gate.stopping.is_set():
+                    return
+                if not gate.running.is_set():
+                    gate.park()
                 continue
             reason = unpack_reason(view, _EXIT_REASON_OFFSET)[0]
             if reason == S.KVM_EXIT_IO:

@@ -100,9 +100,8 @@ class Vmm:
         log.info("microVM ended: %s", outcome)
         self.gate.stopping.set()
         self.gate.running.set()
-        for vcpu in self.vcpus:
-            if vcpu.thread is not threading.current_thread():
-                vcpu.kick()
+        for vcpu in self.vcpus:  # the reporting vCPU too: its next KVM_RUN must return at once
+            vcpu.kick()
         self.event_loop.stop()
         self._done.set()
 
