@@ -53,8 +53,10 @@ def _demo_in_rig(args: argparse.Namespace, reason: str, interactive: bool) -> in
     # The rig sees this checkout read-only: compile bytecode now so Python starts fast inside.
     compileall.compile_dir(str(repo_root() / "firelet"), quiet=1)
     argv = [sys.executable, "-m", "firelet", "demo", "--vcpus", str(args.vcpus), "--mem", str(args.mem)]
-    if args.cmd is not None:
-        argv += ["--cmd", args.cmd]
+    # Inside, the console is always a terminal: decide here whether a person is at one.
+    cmd = args.cmd if args.cmd is not None else (None if interactive else DEFAULT_DEMO_CMD)
+    if cmd is not None:
+        argv += ["--cmd", cmd]
     if args.timeout is not None:
         argv += ["--timeout", str(args.timeout)]
     return run_in_rig(argv, timeout=1800, interactive=interactive)
@@ -64,12 +66,14 @@ def _boot(vmlinux: os.PathLike[str], template: os.PathLike[str], args: argparse.
     from firelet.cli.run import run_foreground
     from firelet.images import copy_rootfs
     from firelet.microvm import MicroVM, stdout_sink
+    from firelet.vmm.builder import DEFAULT_BOOT_ARGS
 
     cmd = args.cmd if args.cmd is not None else (None if interactive else DEFAULT_DEMO_CMD)
     with tempfile.TemporaryDirectory(prefix="firelet-demo-") as tmp:
         disk = copy_rootfs(os.path.join(tmp, "rootfs.ext4"))
         vm = MicroVM(
             vmlinux, rootfs=disk, cmd=cmd, vcpus=args.vcpus, mem_mib=args.mem,
+            cmdline=f"{DEFAULT_BOOT_ARGS} quiet",  # the greeting, not the kernel's boot log
             console=stdout_sink(), interactive=interactive,
         )
         return run_foreground(vm, timeout=args.timeout, interactive=interactive)
