@@ -102,7 +102,7 @@ class EventLoop:
         try:
             callback()
         except Exception as exc:  # a VMM bug: stop the VM rather than run on in a bad state
-            log.error("event handler failed: %s", exc, exc_info=True)
+            log.debug("event handler failed", exc_info=True)  # the trace is for developers
             if self.failure is None:
                 self.failure = exc
                 if self.on_failure is not None:

@@ -105,7 +105,7 @@ class Vcpu:
             self._loop()
         except Exception as exc:  # a VMM bug in exit handling: end the VM, keep the trace in the log
             self.metrics.failures += 1
-            log.error("vCPU %d failed", self.index, exc_info=True)
+            log.debug("vCPU %d failed", self.index, exc_info=True)  # the trace is for developers
             self.on_exit(VmExit(ExitKind.VMM_ERROR, f"vCPU {self.index}: {type(exc).__name__}: {exc}"))
 
     def _loop(self) -> None:

@@ -138,4 +138,4 @@ class Vmm:
             try:
                 closer()
             except Exception:  # keep releasing the rest
-                log.warning("error while releasing the VM", exc_info=True)
+                log.warning("error while releasing the VM", exc_info=log.isEnabledFor(logging.DEBUG))

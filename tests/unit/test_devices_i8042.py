@@ -50,7 +50,7 @@ class Rig:
 
 
 def test_linux_controller_probe() -> None:
-    rig = Rig()
+    rig = Rig(aux=True)
     assert rig.flush() == b""
     status = rig.inb(k.COMMAND_PORT)
     assert status & k.STR_KEYLOCK  # else Linux warns "Keylock active"
@@ -101,6 +101,18 @@ def _kbd_command(rig: Rig, *data: int) -> bytes:
         out.append(rig.inb(k.DATA_PORT))
     assert rig.kbd.count - before == len(out)
     return bytes(out)
+
+
+def test_without_an_aux_line_linux_finds_no_aux_port_at_once() -> None:
+    # Linux's i8042_check_aux: an AUX loop that does not come back as AUX data, then an
+    # interface test that reports a fault, mean "no AUX port", with no 250 ms IRQ test.
+    rig = Rig()
+    rig.outb(k.COMMAND_PORT, k.CMD_WRITE_AUX_OUTBUF)
+    rig.outb(k.DATA_PORT, 0x5A)
+    status = rig.inb(k.COMMAND_PORT)
+    assert status & k.STR_OBF and not status & k.STR_AUXDATA
+    rig.inb(k.DATA_PORT)
+    assert rig.command(k.CMD_AUX_TEST, replies=1) not in (b"\x00", b"\xfa", b"\xff")
 
 
 def test_atkbd_probe_over_irq1() -> None:

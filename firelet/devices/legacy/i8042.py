@@ -9,10 +9,13 @@ output buffer raises IRQ 1 (or the AUX line for AUX bytes) if the command byte
 enables it, since Linux's handler reads exactly one byte per interrupt.
 
 The controller does not translate (command byte bit 6 clear), so the keyboard
-speaks scan code set 2 and Linux's atkbd decodes set 2. The AUX port has no
-mouse behind it: loop-back (0xD3) works, bytes sent to the mouse (0xD4) are
-dropped. Without an AUX interrupt line, Linux's AUX IRQ test waits 250 ms and
-then gives up on the port; pass ``i8042.noaux`` (as Firecracker does) to skip it.
+speaks scan code set 2 and Linux's atkbd decodes set 2. With an AUX interrupt
+line the AUX port exists with no mouse behind it: loop-back (0xD3) works, bytes
+sent to the mouse (0xD4) are dropped. Without one (as the VMM wires it) there
+is no AUX port, and the controller says so the way Linux's ``i8042_check_aux``
+recognises at once: the loop-back byte does not come back as AUX data and the
+AUX interface test reports a stuck clock line, so the guest skips the port
+instead of spending 250 ms in its AUX IRQ test.
 
 Command and status bits: Linux drivers/input/serio/i8042.h and the IBM PS/2
 technical reference.
@@ -67,6 +70,7 @@ CMD_PULSE_RESET = 0xFE
 
 SELF_TEST_OK = 0x55
 INTERFACE_TEST_OK = 0x00
+INTERFACE_TEST_CLOCK_LOW = 0x01  # PS/2 interface test: "clock line stuck low"
 #: Output port bit 0 is the CPU reset line (active low), bit 1 the A20 gate.
 _OUTPUT_PORT_DEFAULT = 0x03
 
@@ -224,8 +228,10 @@ class I8042:
         elif cmd == CMD_SELF_TEST:
             self._ctr = _CTR_DEFAULT | (self._ctr & CTR_XLATE)
             self._push(SELF_TEST_OK)
-        elif cmd in (CMD_KBD_TEST, CMD_AUX_TEST):
+        elif cmd == CMD_KBD_TEST or (cmd == CMD_AUX_TEST and self._aux_interrupt is not None):
             self._push(INTERFACE_TEST_OK)
+        elif cmd == CMD_AUX_TEST:
+            self._push(INTERFACE_TEST_CLOCK_LOW)  # no AUX port
         elif cmd == CMD_KBD_DISABLE:
             self._ctr |= CTR_KBDDIS
         elif cmd == CMD_KBD_ENABLE:
@@ -252,7 +258,7 @@ class I8042:
         elif cmd == CMD_WRITE_KBD_OUTBUF:
             self._push(value)
         elif cmd == CMD_WRITE_AUX_OUTBUF:
-            self._push(value, aux=True)
+            self._push(value, aux=self._aux_interrupt is not None)
         elif cmd == CMD_WRITE_AUX:
             pass  # no mouse is attached
         else:
