@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import msgspec
+
 from firelet.errors import FireletError, UsageError
 from firelet.vmm import layout
 from firelet.vmm.config import Drive, VmConfig, check_startable
@@ -59,9 +61,31 @@ def _check_file(what: str, path: str | None, *, writable: bool = False) -> Path:
     return p
 
 
+def unsupported_parts(config: VmConfig) -> list[str]:
+    """What the configuration asks for that firelet cannot do yet (refused, never silently ignored)."""
+    machine = config.machine_config
+    parts = [name for name, present in (
+        ("network-interfaces", bool(config.network_interfaces)),
+        ("vsock", config.vsock is not None),
+        ("entropy", config.entropy is not None),
+        ("balloon", config.balloon is not None),
+        ("mmds-config", config.mmds_config is not None),
+        ("cpu-config", config.cpu_config is not None),
+        ("machine-config.smt", machine.smt),
+        ("machine-config.cpu_template", machine.cpu_template not in (msgspec.UNSET, "None")),
+    ) if present]
+    parts += [f"drives[{d.drive_id}].rate_limiter" for d in config.drives if d.rate_limiter is not None]
+    return parts
+
+
 def check_inputs(config: VmConfig) -> None:
     """Fail early, with one line, on anything a person must fix before booting."""
     check_startable(config)
+    unsupported = unsupported_parts(config)
+    if unsupported:
+        raise UsageError(
+            f"not supported by firelet yet: {', '.join(unsupported)}; remove them from the configuration"
+        )
     assert config.boot_source is not None
     _check_file("kernel", config.boot_source.kernel_image_path)
     if config.boot_source.initrd_path:

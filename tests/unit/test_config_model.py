@@ -199,3 +199,20 @@ def test_arbitrary_bytes_never_escape_as_other_exceptions(data: bytes) -> None:
         decode_config(data)
     except ConfigError:
         pass
+
+
+def test_parts_firelet_cannot_do_yet_are_refused_not_ignored(tmp_path) -> None:  # noqa: ANN001
+    import pytest
+
+    from firelet.errors import UsageError
+    from firelet.vmm.builder import check_inputs
+    from firelet.vmm.config import decode_config
+
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"\x7fELF")
+    cfg = decode_config(
+        b'{"boot-source": {"kernel_image_path": "%s"}, "vsock": {"guest_cid": 3, "uds_path": "/tmp/v.sock"},'
+        b' "network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}]}' % str(kernel).encode()
+    )
+    with pytest.raises(UsageError, match="not supported by firelet yet: network-interfaces, vsock"):
+        check_inputs(cfg)
