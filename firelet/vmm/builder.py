@@ -207,7 +207,11 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
     from firelet.vmm import cpu, cpuid
 
     mem = vmm.memory
+    from firelet.kvm.ioctls import KVM_CAP_TSC_DEADLINE_TIMER, KVM_CAP_XCRS
+
     supported = kvm.supported_cpuid()
+    tsc_deadline = kvm.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0
+    has_xcrs = kvm.check_extension(KVM_CAP_XCRS) > 0
     cr3 = cpu.setup_page_tables(mem)
     cpu.write_gdt(mem)
     io_bus = vmm.io_bus
@@ -215,7 +219,13 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
     for index in range(count):
         fd = vm_fd.create_vcpu(index)
         vmm.resources.closers.append(fd.close)
-        fd.set_cpuid2(cpuid.build_cpuid(supported, index, count))
+        vcpu_cpuid = cpuid.build_cpuid(supported, index, count, tsc_deadline=tsc_deadline)
+        fd.set_cpuid2(vcpu_cpuid)
+        xcr0 = cpu.boot_xcr0(vcpu_cpuid)
+        if xcr0 > 1 and has_xcrs:
+            xcrs = fd.get_xcrs()
+            xcrs.nr_xcrs, xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 1, 0, xcr0
+            fd.set_xcrs(xcrs)
         fd.set_msrs(cpu.boot_msrs())
         if index == 0:
             fd.set_regs(cpu.boot_regs(vmm.kernel.entry, mode="long"))

@@ -31,6 +31,9 @@ LEAF_AMD_TOPOLOGY = 0x8000001E
 LEAF1_EBX_APIC_ID_SHIFT = 24
 LEAF1_EBX_LOGICAL_COUNT_SHIFT = 16
 LEAF1_ECX_HYPERVISOR = 1 << 31
+#: SDM CPUID.01H:ECX[24]: the LAPIC timer has TSC-deadline mode. KVM emulates it but leaves it out
+#: of KVM_GET_SUPPORTED_CPUID; userspace sets it when KVM_CAP_TSC_DEADLINE_TIMER is present (api.rst).
+LEAF1_ECX_TSC_DEADLINE = 1 << 24
 LEAF1_EDX_HTT = 1 << 28
 # SDM CPUID.04H: EAX[31:26] cores per package - 1, EAX[25:14] logical processors sharing
 # this cache - 1, EAX[7:5] cache level.
@@ -49,13 +52,17 @@ LEAF80000008_ECX_KEEP = ~0xF0FF & 0xFFFFFFFF
 LEAF80000008_APIC_ID_SIZE_SHIFT = 12
 
 
-def build_cpuid(supported: kvm_cpuid2, cpu_index: int, num_cpus: int) -> ctypes.Structure:
+def build_cpuid(
+    supported: kvm_cpuid2, cpu_index: int, num_cpus: int, *, tsc_deadline: bool = False
+) -> ctypes.Structure:
     """A copy of ``supported`` (from KVM_GET_SUPPORTED_CPUID) edited for vCPU ``cpu_index`` of ``num_cpus``.
 
     Entries keep their order; missing extended-topology subleaves are appended.
 
     The hypervisor leaves (0x40000000: "KVMKVMKVM", 0x40000001: KVM features)
-    are kept as KVM reports them.
+    are kept as KVM reports them. ``tsc_deadline`` (KVM_CAP_TSC_DEADLINE_TIMER)
+    advertises the TSC-deadline LAPIC timer, which spares the guest calibrating
+    its LAPIC timer against the PIT.
     """
     if not 0 <= cpu_index < num_cpus <= 255:
         raise ValueError(f"vCPU index {cpu_index} is not in 0..{num_cpus - 1}")
@@ -68,6 +75,8 @@ def build_cpuid(supported: kvm_cpuid2, cpu_index: int, num_cpus: int) -> ctypes.
         fn = entry.function
         if fn == LEAF_FEATURES:
             _edit_leaf1(entry, cpu_index, num_cpus)
+            if tsc_deadline:
+                entry.ecx |= LEAF1_ECX_TSC_DEADLINE
         elif fn == LEAF_CACHE_PARAMS and vendor == VENDOR_INTEL:
             _edit_leaf4(entry, num_cpus)
         elif fn == LEAF_THERMAL_POWER:

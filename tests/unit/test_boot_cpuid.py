@@ -148,3 +148,16 @@ def test_every_vcpu_sees_its_own_apic_id_and_a_wide_enough_core_field(case: tupl
     assert core.edx == index
     assert 1 << (core.eax & 0x1F) >= num_cpus  # all APIC IDs fit below the package shift
     assert index >> (core.eax & 0x1F) == 0  # ... and all CPUs are in package 0
+
+
+def test_tsc_deadline_timer_is_advertised_only_when_kvm_has_it() -> None:
+    from firelet.kvm.structs import kvm_cpuid_entry2, make_kvm_cpuid2
+    from firelet.vmm.cpuid import LEAF1_ECX_TSC_DEADLINE, build_cpuid
+
+    supported = make_kvm_cpuid2([kvm_cpuid_entry2(function=0, eax=1), kvm_cpuid_entry2(function=1)])
+
+    def leaf1_ecx(cpuid) -> int:  # noqa: ANN001
+        return next(e.ecx for e in cpuid.entries[: cpuid.nent] if e.function == 1)
+
+    assert leaf1_ecx(build_cpuid(supported, 0, 1, tsc_deadline=True)) & LEAF1_ECX_TSC_DEADLINE
+    assert not leaf1_ecx(build_cpuid(supported, 0, 1)) & LEAF1_ECX_TSC_DEADLINE
