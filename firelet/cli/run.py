@@ -114,14 +114,20 @@ def run_foreground(vm: Any, *, timeout: float | None, interactive: bool) -> int:
     from firelet.cli.terminal import raw_terminal
     from firelet.vmm.exits import ExitKind, VmExit
 
+    stop_requested: list[str] = []
+
     def on_signal(signum: int, _frame: object) -> None:
+        reason = f"signal {signal.Signals(signum).name}"
+        stop_requested.append(reason)
         if vm.vmm is not None:
-            vm.vmm.stop(f"signal {signal.Signals(signum).name}")
+            vm.vmm.stop(reason)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with raw_terminal(interactive):
             vm.start()
+            if stop_requested:  # the signal came while the VM was being built
+                vm.vmm.stop(stop_requested[0])
             deadline = None if timeout is None else _now() + timeout
             outcome = None
             while outcome is None:

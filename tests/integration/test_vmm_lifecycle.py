@@ -1,0 +1,68 @@
+"""The VMM as a process: SIGTERM stops it cleanly, an interactive console carries keystrokes."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import BOOT_TIMEOUT_S, read_file_in_image
+
+
+def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {needle!r} within {timeout} s; got {seen[-1500:]!r}")
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the other side closed
+                break
+            seen += chunk
+    return seen
+
+
+def test_sigterm_stops_the_vm_cleanly_and_keeps_written_data(kernel, rootfs: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firelet", "run", "--kernel", str(kernel.vmlinux), "--rootfs", str(rootfs),
+         "--cmd", "echo kept > /root/kept; sync; echo guest-is-up; sleep 600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        _read_until(proc.stdout.fileno(), b"guest-is-up", BOOT_TIMEOUT_S)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0  # stopped by the host: a clean end
+        assert b"Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert read_file_in_image(rootfs, "/root/kept").strip() == "kept"
+
+
+def test_interactive_console_carries_keystrokes_to_the_guest(kernel, rootfs: Path) -> None:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firelet", "run", "--kernel", str(kernel.vmlinux), "--rootfs", str(rootfs), "--ro",
+         "--cmd", "echo type-something; read line; echo got-$line"],
+        stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+    )
+    os.close(slave)
+    try:
+        _read_until(master, b"type-something", BOOT_TIMEOUT_S)
+        os.write(master, b"hello-guest\r")
+        out = _read_until(master, b"got-hello-guest", 60)
+        assert b"got-hello-guest" in out
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
