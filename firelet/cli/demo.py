@@ -32,11 +32,12 @@ def register(sub: Any) -> None:
 
 def demo(args: argparse.Namespace) -> int:
     from firelet.images import build_kernel, build_rootfs
+    from firelet.cli.terminal import is_interactive
     from firelet.nested.detect import local_kvm_runs_stock_guests
 
     kernel = build_kernel()
     rootfs = build_rootfs()
-    interactive = args.cmd is None and sys.stdin.isatty() and sys.stdout.isatty()
+    interactive = args.cmd is None and is_interactive()
     ok, reason = local_kvm_runs_stock_guests()
     if not ok:
         return _demo_in_rig(args, reason, interactive)

@@ -50,5 +50,11 @@ def run(args: argparse.Namespace) -> int:
     return run_in_rig(
         command, timeout=args.timeout, shares=[Path(s) for s in args.share],
         mem_mib=args.mem, smp=args.smp, cwd=args.cwd, stdout=sys.stdout,
-        interactive=sys.stdin.isatty(), verbose=args.boot_log,
+        interactive=_interactive(), verbose=args.boot_log,
     )
+
+
+def _interactive() -> bool:
+    from firelet.cli.terminal import is_interactive
+
+    return is_interactive()

@@ -61,9 +61,10 @@ def parse_drive(spec: str) -> dict[str, Any]:
 
 def _console(spec: str):  # noqa: ANN202
     from firelet.vmm.console import FdSink, NullSink
+    from firelet.cli.terminal import is_interactive
 
     if spec == "stdio":
-        return FdSink(sys.stdout.fileno()), sys.stdin.isatty()
+        return FdSink(sys.stdout.fileno()), is_interactive()
     if spec == "none":
         return NullSink(), False
     if spec.startswith("file:") and len(spec) > 5:

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import termios
 import tty
 from collections.abc import Iterator
 
 
+def is_interactive() -> bool:
+    """A person at a terminal: stdin and stdout are a tty and we are its foreground job.
+
+    A background job (``cmd &``, or under ``timeout``) must not touch the terminal:
+    changing its mode would stop the process with SIGTTOU, reading it with SIGTTIN.
+    """
+    try:
+        return (sys.stdin.isatty() and sys.stdout.isatty()
+                and os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp())
+    except (OSError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
 def raw_terminal(enabled: bool) -> Iterator[None]:
     """Raw mode on stdin while the block runs (keys such as Ctrl-C go to the guest)."""
-    if not enabled or not sys.stdin.isatty():
+    if not enabled or not is_interactive():
         yield
         return
     fd = sys.stdin.fileno()
