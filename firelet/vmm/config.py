@@ -12,11 +12,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal
 
 import msgspec
 
-from firelet.errors import UsageError
+from firelet.vmm.decoding import (  # noqa: F401 - re-exported: the config's decoding API
+    ConfigError,
+    convert,
+    decode_json,
+    format_validation_error,
+    to_builtins,
+)
 from firelet.vmm import layout
 
 # Ranges from firecracker.yaml (MachineConfiguration, Vsock, TokenBucket, NetworkInterface).
@@ -39,12 +45,6 @@ CpuTemplate = Literal["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"]
 LOG_LEVELS = ("Error", "Warning", "Info", "Debug", "Trace", "Off")
 
 _MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-
-T = TypeVar("T")
-
-
-class ConfigError(UsageError):
-    """A configuration file or API body that does not describe a valid microVM."""
 
 
 class Model(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -359,80 +359,6 @@ def check_startable(cfg: VmConfig) -> None:
     """What a VM needs beyond a valid config before it can start: a kernel."""
     if cfg.boot_source is None:
         raise ConfigError("boot-source: no kernel configured; set boot-source.kernel_image_path before starting")
-
-
-# -- Decoding with one-line errors -------------------------------------------
-_AT_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_FIELD_MSG_RE = re.compile(r"^(?P<field>[A-Za-z_][\w.-]*): (?P<rest>.*)$", re.S)
-_PATH_PART_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
-
-
-def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
-    """The value at a msgspec error path (``.a.b[0].c``) inside the raw document."""
-    node = raw
-    for key, index in _PATH_PART_RE.findall(path):
-        try:
-            node = node[int(index)] if index else node[key]
-        except (KeyError, IndexError, TypeError):
-            return False, None
-    return True, node
-
-
-def _describe(value: Any) -> str:
-    text = msgspec.json.encode(value).decode()
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def format_validation_error(exc: msgspec.ValidationError | ValueError, data: bytes | None = None) -> str:
-    """msgspec's ``Expected `int` >= 1 - at `$.machine-config.vcpu_count``` as ``machine-config.vcpu_count: expected int >= 1, got 0``."""
-    match = _AT_RE.match(str(exc))
-    assert match is not None  # the pattern matches any string
-    msg, path = match.group("msg"), match.group("path") or ""
-    field_msg = _FIELD_MSG_RE.match(msg)
-    if field_msg:  # a __post_init__ message that already names its field
-        path = f"{path}.{field_msg.group('field')}"
-        msg = field_msg.group("rest")
-    unknown = re.match(r"Object contains unknown field `(.*)`$", msg, re.S)
-    missing = re.match(r"Object missing required field `(.*)`$", msg, re.S)
-    if unknown:
-        msg = f"unknown field {unknown.group(1)!r}"
-    elif missing:
-        path, msg = f"{path}.{missing.group(1)}", "required field missing"
-    else:
-        msg = msg.replace("`", "")
-        msg = msg[:1].lower() + msg[1:]
-        if data is not None and msg.startswith("expected") and ", got" not in msg:
-            try:
-                found, value = _lookup(msgspec.json.decode(data), path)
-            except msgspec.DecodeError:
-                found = False
-            if found:
-                msg = f"{msg}, got {_describe(value)}"
-    where = path.lstrip(".")
-    line = f"{where}: {msg}" if where else msg
-    return line.replace("\r", "\\r").replace("\n", "\\n")  # one line, whatever the input held
-
-
-def decode_json(data: bytes, type_: type[T]) -> T:
-    """Decode and validate one JSON document as ``type_``, raising :class:`ConfigError` with a one-line message."""
-    try:
-        return msgspec.json.decode(data, type=type_)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, data)) from None
-    except msgspec.DecodeError as exc:
-        raise ConfigError(f"invalid JSON: {str(exc)[:1].lower()}{str(exc)[1:]}") from None
-
-
-def convert(obj: Any, type_: type[T]) -> T:
-    """Validate already-decoded builtins (e.g. a merged PATCH) as ``type_``."""
-    try:
-        return msgspec.convert(obj, type=type_)
-    except (msgspec.ValidationError, ValueError) as exc:
-        raise ConfigError(format_validation_error(exc, msgspec.json.encode(obj))) from None
-
-
-def to_builtins(obj: Any) -> Any:
-    return msgspec.to_builtins(obj)
 
 
 def decode_config(data: bytes, *, source: str = "config") -> VmConfig:

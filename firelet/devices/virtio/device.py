@@ -9,6 +9,7 @@ guest memory, the queues and an :class:`InterruptSignal`; afterwards it calls
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -57,7 +58,7 @@ class VirtioDevice(Protocol):
     def activated(self) -> bool: ...
 
 
-class VirtioDeviceBase:
+class VirtioDeviceBase(abc.ABC):
     """Bookkeeping shared by devices: features, activation state, a byte config space.
 
     Subclasses set ``device_type`` and ``queue_max_sizes``, pass their feature
@@ -101,8 +102,9 @@ class VirtioDeviceBase:
         self.queues = queues
         self.interrupt = interrupt
 
+    @abc.abstractmethod
     def process_queue(self, index: int) -> None:
-        raise NotImplementedError
+        """Serve the requests the driver made available on queue ``index``."""
 
     def reset(self) -> None:
         """Forget the driver: the transport resets the queues themselves."""
