@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import select
 import signal
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -54,6 +56,8 @@ def test_interactive_console_carries_keystrokes_to_the_guest(kernel, rootfs: Pat
         [sys.executable, "-m", "firelet", "run", "--kernel", str(kernel.vmlinux), "--rootfs", str(rootfs), "--ro",
          "--cmd", "echo type-something; read line; echo got-$line"],
         stdin=slave, stdout=slave, stderr=slave, close_fds=True,
+        # As in a terminal: a new session whose controlling tty is the pty, us its foreground job.
+        start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
     )
     os.close(slave)
     try:
