@@ -196,11 +196,21 @@ def _load_guest(vmm: Vmm, config: VmConfig, cmdline: str) -> None:
     if config.boot_source.initrd_path:
         initrd = loader.load_initrd(mem, Path(config.boot_source.initrd_path), kernel)
     loader.write_cmdline(mem, cmdline, kernel=kernel)
-    bootparams.write_boot_params(mem, kernel, len(cmdline) + 1, initrd)
+    if kernel.kind == "elf" and kernel.pvh_entry is not None:
+        # As Firecracker: an ELF kernel with a PVH note is entered in 32-bit protected mode
+        # with the hvm_start_info structure (xen/include/public/arch-x86/hvm/start_info.h).
+        from firelet.vmm import pvh
+
+        vmm.boot_mode, vmm.entry = "pvh", kernel.pvh_entry
+        vmm.start_info = pvh.write_pvh_start_info(mem, layout.CMDLINE_START, initrd, kernel=kernel)
+    else:  # the 64-bit boot protocol, with the zero page (boot.rst, "64-bit BOOT PROTOCOL")
+        vmm.boot_mode, vmm.entry = "long", kernel.entry
+        bootparams.write_boot_params(mem, kernel, len(cmdline.encode()) + 1, initrd)
     mptable.write_mptable(mem, config.machine_config.vcpu_count)
     vmm.kernel = kernel
     vmm.cmdline = cmdline
-    log.info("kernel %s loaded, entry %#x; cmdline: %s", config.boot_source.kernel_image_path, kernel.entry, cmdline)
+    log.info("kernel %s loaded, %s entry %#x; cmdline: %s",
+             config.boot_source.kernel_image_path, vmm.boot_mode, vmm.entry, cmdline)
 
 
 def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
@@ -212,8 +222,8 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
     supported = kvm.supported_cpuid()
     tsc_deadline = kvm.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0
     has_xcrs = kvm.check_extension(KVM_CAP_XCRS) > 0
-    cr3 = cpu.setup_page_tables(mem)
-    cpu.write_gdt(mem)
+    mode = vmm.boot_mode
+    cr3 = cpu.setup_page_tables(mem) if mode == "long" else None
     io_bus = vmm.io_bus
     mmio_bus = vmm.mmio_bus
     for index in range(count):
@@ -228,9 +238,9 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
             fd.set_xcrs(xcrs)
         fd.set_msrs(cpu.boot_msrs())
         if index == 0:
-            fd.set_regs(cpu.boot_regs(vmm.kernel.entry, mode="long"))
+            fd.set_regs(cpu.boot_regs(vmm.entry, mode=mode, start_info=vmm.start_info))
             sregs = fd.get_sregs()
-            cpu.boot_sregs(sregs, mem, mode="long", cr3=cr3)
+            cpu.boot_sregs(sregs, mem, mode=mode, cr3=cr3)
             fd.set_sregs(sregs)
             fd.set_fpu(cpu.boot_fpu())
         lapic = fd.get_lapic()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from firelet.vmm import layout
 from firelet.vmm.bus import Bus
 from firelet.vmm.event_loop import EventLoop
 from firelet.vmm.exits import ExitKind, VmExit
@@ -47,6 +48,10 @@ class Vmm:
         self.mmio_bus = Bus()
         self.kernel: Any = None
         self.cmdline = ""
+        #: How the boot vCPU enters the kernel: "long" (64-bit boot protocol) or "pvh".
+        self.boot_mode = "long"
+        self.entry = 0
+        self.start_info = layout.PVH_INFO_START
         #: Devices by role, for the controller: "serial", "i8042", "block:<id>", ...
         self.devices: dict[str, Any] = {}
         self._exit: VmExit | None = None
