@@ -78,10 +78,15 @@ def read_file_in_image(image: Path, path: str) -> str:
 
 def firelet_cli(*args: str, timeout: float = BOOT_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
     """Run the `firelet` command as a user would; stdin is not a terminal."""
-    return subprocess.run(
-        [sys.executable, "-m", "firelet", *args],
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-    )
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "firelet", *args],
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as exc:  # show where the guest stopped
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        raise AssertionError(f"firelet {' '.join(args[:1])} did not end within {timeout} s; "
+                             f"console tail:\n{out[-3000:]}") from None
 
 
 def have(tool: str) -> bool:
