@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 SERIAL_PORT_BASE = 0x3F8
 SERIAL_PORT_COUNT = 8
 SERIAL_IRQ = 4
+#: How often an unacknowledged UART interrupt is raised again (a lost edge costs at most this).
+SERIAL_REARM_INTERVAL_S = 0.25
 I8042_IRQ = 1
 #: virtio-mmio QueueNotify register offset (virtio 1.2 §4.2.2).
 VIRTIO_MMIO_QUEUE_NOTIFY = 0x50
@@ -79,6 +81,7 @@ def _attach_serial(vmm: Vmm, console: ConsoleSpec) -> None:
     serial = Serial(line, console.sink, on_input_space=resume_input, defer=loop.call_soon)
     vmm.resources.closers.append(serial.flush_output)
     vmm.io_bus.insert(serial, SERIAL_PORT_BASE, SERIAL_PORT_COUNT)
+    loop.every(SERIAL_REARM_INTERVAL_S, serial.rearm_interrupt)
     vmm.devices["serial"] = serial
 
     def on_stdin() -> None:

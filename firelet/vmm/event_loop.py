@@ -13,6 +13,7 @@ import logging
 import os
 import select
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ class EventLoop:
         #: Set when a callback raised: the VM must stop, the loop is no longer trustworthy.
         self.failure: BaseException | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
+        self._periodic: list[list] = []  # [interval_s, next_due, callback]
 
     def add_reader(self, fd: int, callback: Callback) -> None:
         """Call ``callback()`` whenever ``fd`` is readable (level-triggered)."""
@@ -58,6 +60,22 @@ class EventLoop:
             except (OSError, ValueError):
                 pass
 
+    def every(self, interval_s: float, callback: Callback) -> None:
+        """Call ``callback()`` on the loop thread every ``interval_s`` seconds (register before start)."""
+        self._periodic.append([interval_s, time.monotonic() + interval_s, callback])
+
+    def _timeout(self) -> float:
+        if not self._periodic:
+            return -1
+        return max(0.0, min(p[1] for p in self._periodic) - time.monotonic())
+
+    def _run_periodic(self) -> None:
+        now = time.monotonic()
+        for entry in self._periodic:
+            if entry[1] <= now:
+                entry[1] = now + entry[0]
+                self._dispatch(entry[2])
+
     def call_soon(self, callback: Callback) -> None:
         """Run ``callback`` on the loop thread (thread-safe)."""
         self._calls.append(callback)
@@ -76,9 +94,11 @@ class EventLoop:
     def run(self) -> None:
         while not self._stopping:
             try:
-                ready = self._epoll.poll()
+                ready = self._epoll.poll(self._timeout())
             except InterruptedError:
                 continue
+            if self._periodic:
+                self._run_periodic()
             for fd, _events in ready:
                 if fd == self._wake_fd:
                     try:

@@ -222,3 +222,26 @@ def test_any_access_never_raises(accesses) -> None:
         else:
             uart.write(offset, data)
         uart.enqueue_input(data)
+
+
+def test_an_unacknowledged_interrupt_is_raised_again() -> None:
+    uart, irq, _ = _uart()
+    _out(uart, s.IER, s.IER_THRI)  # THRE pending: one edge
+    assert irq.count == 1
+    uart.rearm_interrupt()  # first look: pending, but it may be in flight
+    assert irq.count == 1
+    uart.rearm_interrupt()  # still not acknowledged a period later: the edge was lost
+    assert irq.count == 2
+    assert _in(uart, s.IIR) & 0x0F == s.IIR_THRI  # the driver finally sees it
+    uart.rearm_interrupt()
+    uart.rearm_interrupt()
+    assert irq.count == 2  # acknowledged, nothing pending: quiet
+
+
+def test_no_rearm_while_the_interrupt_is_disabled() -> None:
+    uart, irq, _ = _uart()
+    _out(uart, s.IER, s.IER_THRI)
+    _out(uart, s.IER, 0)
+    for _ in range(3):
+        uart.rearm_interrupt()
+    assert irq.count == 1

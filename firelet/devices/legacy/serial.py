@@ -126,6 +126,8 @@ class Serial:
         self._dll = _DEFAULT_DIVISOR
         self._dlm = 0
         self._thre_pending = False  # cleared by reading IIR that reports it, set when THR empties
+        # What the guest has acknowledged since the last `rearm_interrupt` (see there).
+        self._acked_since_poll = True
 
     # -- bus interface ------------------------------------------------------
     def read(self, offset: int, data: memoryview) -> None:
@@ -171,6 +173,24 @@ class Serial:
             self._interrupt.trigger()
         return taken
 
+    def rearm_interrupt(self) -> None:
+        """Raise the line again if an enabled interrupt has waited unacknowledged since the last call.
+
+        The line is an edge (irqfd), and an edge the guest's IOAPIC drops (one that
+        arrives while the pin is masked, say) is gone, while a 16550's real line stays
+        asserted. Without a new edge the 8250 driver would wait for THRE forever and
+        the tty would stall. Called periodically by the event loop, this makes a lost
+        edge cost one period instead of the console.
+        """
+        with self._lock:
+            waiting = (bool(self._ier & IER_THRI) and self._thre_pending) or (
+                bool(self._ier & IER_RDI) and bool(self._rx)
+            )
+            fire = waiting and not self._acked_since_poll
+            self._acked_since_poll = not waiting
+        if fire:
+            self._interrupt.trigger()
+
     def set_sink(self, sink: Sink | None) -> None:
         self._sink = sink
 
@@ -184,6 +204,7 @@ class Serial:
                 return 0, False
             was_full = len(self._rx) >= self._capacity
             self.rx_bytes += 1
+            self._acked_since_poll = True
             return self._rx.popleft(), was_full
         if offset == IER:
             return (self._dlm if dlab else self._ier), False
@@ -208,6 +229,7 @@ class Serial:
             return fifo | IIR_RDI
         if self._ier & IER_THRI and self._thre_pending:
             self._thre_pending = False  # reading IIR that identifies THRE clears it
+            self._acked_since_poll = True
             return fifo | IIR_THRI
         return fifo | IIR_NO_INT
 
