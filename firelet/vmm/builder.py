@@ -34,6 +34,14 @@ DEFAULT_BOOT_ARGS = (
     "console=ttyS0 reboot=k panic=1 pci=off i8042.noaux i8042.nomux i8042.nopnp i8042.dumbkbd"
 )
 
+#: Enter ELF kernels with a PVH note through PVH (as Firecracker does). Off for now: in the
+#: nested test rig, PVH boots of SMP guests were seen to fail intermittently (a vCPU triple
+#: fault late in boot), which the 64-bit entry has not shown; see the session notes.
+PREFER_PVH = False
+#: Advertise KVM's TSC-deadline LAPIC timer. Off until it is shown stable in the nested rig.
+ADVERTISE_TSC_DEADLINE = False
+
+
 class BuildError(FireletError):
     """The microVM could not be built from its configuration."""
 
@@ -196,7 +204,7 @@ def _load_guest(vmm: Vmm, config: VmConfig, cmdline: str) -> None:
     if config.boot_source.initrd_path:
         initrd = loader.load_initrd(mem, Path(config.boot_source.initrd_path), kernel)
     loader.write_cmdline(mem, cmdline, kernel=kernel)
-    if kernel.kind == "elf" and kernel.pvh_entry is not None:
+    if kernel.kind == "elf" and kernel.pvh_entry is not None and PREFER_PVH:
         # As Firecracker: an ELF kernel with a PVH note is entered in 32-bit protected mode
         # with the hvm_start_info structure (xen/include/public/arch-x86/hvm/start_info.h).
         from firelet.vmm import pvh
@@ -217,11 +225,10 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
     from firelet.vmm import cpu, cpuid
 
     mem = vmm.memory
-    from firelet.kvm.ioctls import KVM_CAP_TSC_DEADLINE_TIMER, KVM_CAP_XCRS
+    from firelet.kvm.ioctls import KVM_CAP_TSC_DEADLINE_TIMER
 
     supported = kvm.supported_cpuid()
-    tsc_deadline = kvm.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0
-    has_xcrs = kvm.check_extension(KVM_CAP_XCRS) > 0
+    tsc_deadline = ADVERTISE_TSC_DEADLINE and kvm.check_extension(KVM_CAP_TSC_DEADLINE_TIMER) > 0
     mode = vmm.boot_mode
     cr3 = cpu.setup_page_tables(mem) if mode == "long" else None
     io_bus = vmm.io_bus
@@ -229,13 +236,7 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
     for index in range(count):
         fd = vm_fd.create_vcpu(index)
         vmm.resources.closers.append(fd.close)
-        vcpu_cpuid = cpuid.build_cpuid(supported, index, count, tsc_deadline=tsc_deadline)
-        fd.set_cpuid2(vcpu_cpuid)
-        xcr0 = cpu.boot_xcr0(vcpu_cpuid)
-        if xcr0 > 1 and has_xcrs:
-            xcrs = fd.get_xcrs()
-            xcrs.nr_xcrs, xcrs.xcrs[0].xcr, xcrs.xcrs[0].value = 1, 0, xcr0
-            fd.set_xcrs(xcrs)
+        fd.set_cpuid2(cpuid.build_cpuid(supported, index, count, tsc_deadline=tsc_deadline))
         fd.set_msrs(cpu.boot_msrs())
         if index == 0:
             fd.set_regs(cpu.boot_regs(vmm.entry, mode=mode, start_info=vmm.start_info))

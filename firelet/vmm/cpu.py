@@ -213,24 +213,3 @@ def set_lapic_lint(lapic: kvm_lapic_state) -> None:
         reg = ctypes.c_uint32.from_buffer(lapic, type(lapic).regs.offset + offset)
         reg.value = (reg.value & ~APIC_DELIVERY_MODE_MASK) | (mode << APIC_DELIVERY_MODE_SHIFT)
 
-
-#: XCR0 bits firelet enables before the guest runs: x87, SSE, AVX (SDM vol. 1 §13.3). Larger
-#: components (AVX-512, AMX) are left for the guest's own XSETBV: AMX would need the VMM
-#: process to ask the host kernel for permission first.
-_BOOT_XCR0_MASK = 0b111
-_CPUID_XSAVE_LEAF = 0xD
-
-
-def boot_xcr0(cpuid: ctypes.Structure) -> int:
-    """The XCR0 to give KVM at boot: the x87/SSE/AVX state the guest's CPUID offers.
-
-    KVM derives CPUID.(EAX=0DH,ECX=0):EBX (the XSAVE area size) from its own copy
-    of XCR0. Where a guest's XSETBV does not reach KVM (nested under an emulated
-    SVM, as in firelet's test rig), that copy would stay at reset's x87-only
-    value and Linux would see inconsistent XSAVE sizes; starting from the state
-    Linux will enable keeps the two in step. Returns 0 when there is no leaf 0xD.
-    """
-    for entry in cpuid.entries[: cpuid.nent]:
-        if entry.function == _CPUID_XSAVE_LEAF and entry.index == 0:
-            return (entry.eax & _BOOT_XCR0_MASK) | 1
-    return 0

@@ -72,12 +72,3 @@ def test_read_only_drive_refuses_writes(kernel, rootfs: Path, tmp_path: Path) ->
     assert "dd=0" not in text and "dd=" in text
     assert data.read_bytes() == b"\xab" * (1 << 20)
 
-
-def test_vmlinux_enters_through_pvh_and_bzimage_through_the_64_bit_entry(kernel, rootfs: Path) -> None:
-    from firelet import MicroVM
-
-    for image, mode in ((kernel.vmlinux, "pvh"), (kernel.bzimage, "long")):
-        with MicroVM(image, rootfs=rootfs, read_only=True, cmd="echo entered") as vm:
-            outcome = vm.wait(timeout=300)
-            assert vm.vmm.boot_mode == mode
-            assert outcome.clean and "entered" in vm.console.text(), vm.console.text()[-2000:]
