@@ -92,13 +92,17 @@ class QemuMicrovm(Launcher):
 
 
 class Firelet(Launcher):
-    """firelet's own VMM, started as a user would: ``python -m firelet run``."""
+    """firelet's own VMM, started as a user would: the ``firelet`` command beside this Python."""
 
     name = "firelet"
 
+    def command(self) -> list[str]:
+        script = Path(sys.executable).parent / "firelet"  # the console script pip installed
+        return [str(script)] if script.exists() else [sys.executable, "-m", "firelet"]
+
     def argv(self, boot: BootInputs) -> list[str]:
         return [
-            sys.executable, "-m", "firelet", "run",
+            *self.command(), "run",
             "--kernel", str(boot.vmlinux),
             "--rootfs", str(boot.rootfs),
             "--cmdline", self.kernel_cmdline(boot.cmdline),

@@ -13,7 +13,6 @@ config file and the API produce, so all three paths build VMs the same way.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 from firelet.vmm.console import ConsoleBuffer, FdSink, Sink
@@ -88,7 +87,7 @@ class MicroVM:
     def from_config_file(cls, path: PathLike, **kwargs: Any) -> MicroVM:
         from firelet.vmm.config import load_config_file
 
-        return cls(config=load_config_file(Path(path)), **kwargs)
+        return cls(config=load_config_file(path), **kwargs)
 
     def start(self) -> MicroVM:
         """Build the VM and start its vCPUs; returns at once (the guest boots in the background)."""

@@ -10,21 +10,56 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import sys
 
 from firelet import __version__
 from firelet.errors import FireletError
+from firelet.log import DEBUG, INFO, get_logger
 
 # Sub-command modules, in the order --help lists them.
 _COMMANDS = ("run", "demo", "build", "nested")
 
-log = logging.getLogger("firelet")
+log = get_logger("firelet")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter, sized with ``os.get_terminal_size``.
+
+    The stock one imports :mod:`shutil` (and with it bz2 and lzma) for every
+    parser built, help or not; the VMM's start pays for that.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = terminal_columns() - 2
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def terminal_columns() -> int:
+    """$COLUMNS, else the width of stdout's terminal, else 80 (what shutil.get_terminal_size does)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose help (and sub-parsers' help) uses :class:`HelpFormatter`."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line, or with ``only`` just that sub-command (imports one module, not all)."""
+    parser = ArgumentParser(
         prog="firelet",
         description="A microVM monitor in Python on Linux KVM.",
     )
@@ -34,23 +69,42 @@ def build_parser() -> argparse.ArgumentParser:
         help="more log output on stderr (-v info, -vv debug with tracebacks)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMANDS:
+    for name in _COMMANDS if only is None else (only,):
         module = importlib.import_module(f"firelet.cli.{name}")
         module.register(sub)
     return parser
 
 
+def requested_command(argv: list[str]) -> str | None:
+    """The sub-command named on the command line, if it is a known one."""
+    for arg in argv:
+        if arg == "--":
+            return None
+        if not arg.startswith("-"):
+            return arg if arg in _COMMANDS else None
+    return None
+
+
 def setup_logging(verbosity: int) -> None:
-    level = logging.WARNING
+    """Log to stderr at INFO (-v) or DEBUG (-vv, or FIRELET_LOG=info|debug).
+
+    Without either, ``logging`` is not even imported: warnings and errors still
+    reach stderr through its last-resort handler if something logs them.
+    """
+    level = None
     if verbosity == 1 or os.environ.get("FIRELET_LOG") == "info":
-        level = logging.INFO
+        level = INFO
     if verbosity >= 2 or os.environ.get("FIRELET_LOG") == "debug":
-        level = logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        level = DEBUG
+    if level is not None:
+        import logging
+
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(requested_command(argv))
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     if not getattr(args, "func", None):

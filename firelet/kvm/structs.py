@@ -70,6 +70,27 @@ class kvm_irqfd(_Struct):
     ]
 
 
+class kvm_coalesced_mmio_zone(_Struct):
+    """KVM_(UN)REGISTER_COALESCED_MMIO: a guest-physical (or, with ``pio``, port) range."""
+
+    _fields_ = [
+        ("addr", _u64),
+        ("size", _u32),
+        ("pio", _u32),  # union { __u32 pad; __u32 pio; }
+    ]
+
+
+class kvm_coalesced_mmio(_Struct):
+    """One queued write in the coalesced ring (``struct kvm_coalesced_mmio``)."""
+
+    _fields_ = [
+        ("phys_addr", _u64),
+        ("len", _u32),
+        ("pio", _u32),
+        ("data", _u8 * 8),
+    ]
+
+
 class kvm_ioeventfd(_Struct):
     _fields_ = [
         ("datamatch", _u64),

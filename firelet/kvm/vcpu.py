@@ -73,6 +73,13 @@ class VcpuFd:
         #: The ``kvm_run`` structure, live over the shared mapping.
         self.run_struct: S.kvm_run = S.kvm_run.from_buffer(self._map)
 
+    def shared_page(self, page: int) -> memoryview | None:
+        """Page ``page`` of this vCPU's mapping (e.g. the coalesced ring), or None if it is not mapped."""
+        start = page * mmap.PAGESIZE
+        if start + mmap.PAGESIZE > len(self._view):
+            return None
+        return self._view[start : start + mmap.PAGESIZE]
+
     # --- running ---
     def run(self) -> bool:
         """KVM_RUN until the next exit: True for an exit to handle, False if interrupted.

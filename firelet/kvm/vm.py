@@ -118,6 +118,15 @@ class VmFd:
         flags = S.KVM_IOEVENTFD_FLAG_DEASSIGN
         ioctl(self.fd, K.KVM_IOEVENTFD, _ioeventfd(eventfd, addr, length, datamatch, pio, flags))
 
+    # --- coalesced I/O ---
+    def register_coalesced_io(self, addr: int, size: int, *, pio: bool) -> None:
+        """KVM_REGISTER_COALESCED_MMIO: guest writes in the range go to the ring instead of exiting."""
+        ioctl(self.fd, K.KVM_REGISTER_COALESCED_MMIO, S.kvm_coalesced_mmio_zone(addr, size, int(pio)))
+
+    def unregister_coalesced_io(self, addr: int, size: int, *, pio: bool) -> None:
+        """Undo :meth:`register_coalesced_io` (the same range)."""
+        ioctl(self.fd, K.KVM_UNREGISTER_COALESCED_MMIO, S.kvm_coalesced_mmio_zone(addr, size, int(pio)))
+
     # --- device state (snapshots) ---
     def get_irqchip(self, chip_id: int) -> S.kvm_irqchip:
         """KVM_GET_IRQCHIP for KVM_IRQCHIP_PIC_MASTER, _PIC_SLAVE or _IOAPIC."""

@@ -37,10 +37,12 @@ def _qemu_path(path: str) -> str:
 
 
 def outer_qemu_argv(*, kernel: Path, initrd: Path, cmdline: str, mem_mib: int, smp: int,
-                    shares: list[Share], qemu: str = QEMU_BINARY, bios: Path | None = None) -> list[str]:
+                    shares: list[Share], qemu: str = QEMU_BINARY, bios: Path | None = None,
+                    monitor: str | None = None) -> list[str]:
     """The argv that boots the rig; the serial port is QEMU's stdio, without signal keys.
 
-    ``bios`` replaces SeaBIOS (use :data:`QBOOT` with a PVH ``vmlinux`` kernel).
+    ``bios`` replaces SeaBIOS (use :data:`QBOOT` with a PVH ``vmlinux`` kernel);
+    ``monitor`` is a Unix socket path for QEMU's human monitor (to inspect a stuck rig).
     """
     argv = [
         qemu,
@@ -61,6 +63,8 @@ def outer_qemu_argv(*, kernel: Path, initrd: Path, cmdline: str, mem_mib: int, s
     ]
     if bios is not None:
         argv += ["-bios", str(bios)]
+    if monitor:
+        argv += ["-monitor", f"unix:{_qemu_path(monitor)},server=on,wait=off"]
     for share in shares:
         argv += ["-virtfs",
                  f"local,path={_qemu_path(share.path)},mount_tag={share.tag},"

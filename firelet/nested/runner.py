@@ -28,6 +28,8 @@ from firelet.nested.serial import RigOutput
 
 EXIT_TIMEOUT = 124
 EXIT_RIG_FAILED = 125
+# A Unix socket path for the outer QEMU's monitor (debugging a stuck rig: info cpus, info registers).
+MONITOR_ENV = "FIRELET_RIG_MONITOR"
 # After the exit marker (written after a sync), how long QEMU may take to power off.
 _POWEROFF_GRACE = 3.0
 
@@ -99,7 +101,8 @@ def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Pa
         qemu_argv = outer_qemu_argv(kernel=base.kernel.boot_image if pvh else base.kernel.vmlinuz,
                                     initrd=initrd, cmdline=kernel_cmdline(verbose=verbose),
                                     mem_mib=mem_mib, smp=smp, shares=share_list,
-                                    bios=QBOOT if pvh else None)
+                                    bios=QBOOT if pvh else None,
+                                    monitor=os.environ.get(MONITOR_ENV))
         # QEMU keeps OPOST|ONLCR on a raw stdio terminal, so \r\n -> \n is right in both modes.
         filt = RigOutput(spec.nonce, show_boot=verbose, strip_cr=True)
         return _supervise(qemu_argv, filt, out, timeout=timeout, interactive=interactive)

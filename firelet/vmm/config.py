@@ -10,8 +10,8 @@ The rest of firelet sees only these structs, never raw dicts.
 
 from __future__ import annotations
 
+import os
 import re
-from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -369,10 +369,11 @@ def decode_config(data: bytes, *, source: str = "config") -> VmConfig:
         raise ConfigError(f"{source}: {exc}") from None
 
 
-def load_config_file(path: str | Path) -> VmConfig:
+def load_config_file(path: str | os.PathLike[str]) -> VmConfig:
     """Read and validate a Firecracker-style ``--config-file``."""
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as file:
+            data = file.read()
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
     return decode_config(data, source=f"config file {path}")

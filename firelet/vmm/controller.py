@@ -7,16 +7,16 @@ exists); ``InstanceStart`` builds the VM onto that same loop.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from firelet.api.backend import BackendError, NotSupported
+from firelet.log import get_logger
 from firelet.vmm.event_loop import EventLoop
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 T = TypeVar("T")
 
 

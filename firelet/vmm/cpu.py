@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 from typing import Literal
 
 from firelet.kvm.structs import kvm_fpu, kvm_lapic_state, kvm_regs, kvm_segment, kvm_sregs
@@ -76,8 +76,7 @@ FPU_CONTROL_WORD = 0x37F
 MXCSR_DEFAULT = 0x1F80
 
 
-@dataclass(frozen=True)
-class Descriptor:
+class Descriptor(NamedTuple):
     """One GDT entry as flags/base/limit, the form the SDM's descriptor figure is read in."""
 
     flags: int

@@ -10,12 +10,12 @@ guest kick never stops a vCPU in Python.
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import TYPE_CHECKING, Any
 
 from firelet.devices.interrupt import EventFdInterrupt
 from firelet.errors import UsageError
+from firelet.log import get_logger
 from firelet.vmm import layout
 from firelet.vmm.exits import ExitKind, VmExit
 
@@ -24,14 +24,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from firelet.vmm.config import VmConfig
     from firelet.vmm.vmm import Vmm
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # PC/AT legacy assignments.
 SERIAL_PORT_BASE = 0x3F8
 SERIAL_PORT_COUNT = 8
 SERIAL_IRQ = 4
-#: How often an unacknowledged UART interrupt is raised again (a lost edge costs at most this).
-SERIAL_REARM_INTERVAL_S = 0.25
+#: How often an edge-triggered device re-raises an interrupt its driver has not acknowledged.
+INTERRUPT_REARM_INTERVAL_S = 0.25
 I8042_IRQ = 1
 #: virtio-mmio QueueNotify register offset (virtio 1.2 §4.2.2).
 VIRTIO_MMIO_QUEUE_NOTIFY = 0x50
@@ -78,10 +78,21 @@ def _attach_serial(vmm: Vmm, console: ConsoleSpec) -> None:
             reading["on"] = True
             loop.call_soon(lambda: loop.add_reader(input_fd, on_stdin))
 
-    serial = Serial(line, console.sink, on_input_space=resume_input, defer=loop.call_soon)
+    batch = None
+    if vmm.coalesced_ring is not None:  # THR writes queue in KVM while THRE interrupts are off
+        from firelet.vmm.coalesced import CoalescedPio
+
+        batch = CoalescedPio(vmm.resources.vm_fd, vmm.coalesced_ring, SERIAL_PORT_BASE, 1)
+    serial = Serial(line, console.sink, on_input_space=resume_input, defer=loop.call_soon, tx_batch=batch)
     vmm.resources.closers.append(serial.flush_output)
+    vmm.resources.closers.append(serial.flush_batched)  # runs first: closers go in reverse
     vmm.io_bus.insert(serial, SERIAL_PORT_BASE, SERIAL_PORT_COUNT)
-    loop.every(SERIAL_REARM_INTERVAL_S, serial.rearm_interrupt)
+
+    def tick() -> None:
+        serial.flush_batched()
+        serial.rearm_interrupt()
+
+    loop.every(INTERRUPT_REARM_INTERVAL_S, tick)
     vmm.devices["serial"] = serial
 
     def on_stdin() -> None:
@@ -124,6 +135,7 @@ def _attach_virtio(vmm: Vmm, device: Any, slot: int) -> str:
     line = _irq_line(vmm, irq)
     transport = MmioTransport(vmm.memory, device, line)
     vmm.mmio_bus.insert(transport, base, layout.VIRTIO_MMIO_SIZE)
+    vmm.event_loop.every(INTERRUPT_REARM_INTERVAL_S, transport.rearm_interrupt)
     for index in range(transport.queue_count):
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         vmm.resources.closers.append(lambda fd=fd: os.close(fd))

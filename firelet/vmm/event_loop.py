@@ -9,7 +9,6 @@ is only ever touched from one thread and needs no locks of its own.
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import threading
@@ -17,7 +16,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-log = logging.getLogger(__name__)
+from firelet.log import get_logger
+
+log = get_logger(__name__)
 
 Callback = Callable[[], None]
 

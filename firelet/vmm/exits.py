@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
 class ExitKind(enum.Enum):
@@ -28,8 +28,7 @@ class ExitKind(enum.Enum):
 _CLEAN = {ExitKind.RESET, ExitKind.POWER_OFF, ExitKind.STOPPED}
 
 
-@dataclass(frozen=True)
-class VmExit:
+class VmExit(NamedTuple):
     kind: ExitKind
     detail: str = ""
 

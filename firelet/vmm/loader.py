@@ -19,9 +19,7 @@ import mmap
 import os
 import stat
 import struct
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from firelet.errors import FireletError
 from firelet.vmm import layout
@@ -85,8 +83,7 @@ class BootConfigError(FireletError):
     """The boot configuration (command line, initrd placement) cannot be given to the guest."""
 
 
-@dataclass(frozen=True)
-class Segment:
+class Segment(NamedTuple):
     """``file_size`` bytes from ``file_offset`` go to ``guest_addr``; the rest up to ``mem_size`` is zero."""
 
     file_offset: int
@@ -95,8 +92,7 @@ class Segment:
     mem_size: int
 
 
-@dataclass(frozen=True)
-class KernelImage:
+class KernelImage(NamedTuple):
     """What a parsed kernel needs from the boot code (addresses are guest-physical)."""
 
     kind: Literal["elf", "bzimage"]
@@ -125,23 +121,20 @@ def parse_kernel(data: bytes | bytearray | memoryview | mmap.mmap) -> KernelImag
 def load_kernel_data(mem: GuestMemory, data: bytes | bytearray | memoryview | mmap.mmap) -> KernelImage:
     """Parse ``data`` and copy its segments into guest memory."""
     image = parse_kernel(data)
-    start = min(seg.guest_addr for seg in image.segments)
-    if not mem.check_range(start, image.end - start):
-        raise KernelLoadError(
-            f"kernel needs guest memory {start:#x}..{image.end:#x}, which does not fit in the VM's "
-            f"{mem.size >> 20} MiB of RAM below the MMIO gap; give the VM more memory"
-        )
-    for seg in image.segments:
-        with memoryview(data) as whole:
+    _check_fits(mem, image)
+    with memoryview(data) as whole:
+        for seg in image.segments:
             mem.write(seg.guest_addr, whole[seg.file_offset : seg.file_offset + seg.file_size])
-        tail = seg.mem_size - seg.file_size
-        if tail:
-            mem.view(seg.guest_addr + seg.file_size, tail)[:] = bytes(tail)
+            _zero_tail(mem, seg)
     return image
 
 
-def load_kernel(mem: GuestMemory, path: Path) -> KernelImage:
-    """Load the kernel at ``path`` (ELF vmlinux or bzImage) into guest memory."""
+def load_kernel(mem: GuestMemory, path: str | os.PathLike[str]) -> KernelImage:
+    """Load the kernel at ``path`` (ELF vmlinux or bzImage) into guest memory.
+
+    Only the headers are read through a mapping; the segments are read from
+    the file straight into guest RAM (one copy, no page faults on the file).
+    """
     with _open_image(path, "kernel") as (fd, size):
         if size == 0:
             raise KernelLoadError(f"kernel image {path} is empty; pass a Linux kernel")
@@ -149,14 +142,46 @@ def load_kernel(mem: GuestMemory, path: Path) -> KernelImage:
             data = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
         except OSError as exc:
             raise KernelLoadError(f"cannot map kernel image {path}: {exc.strerror}") from None
-        with data:
-            try:
-                return load_kernel_data(mem, data)
-            except KernelLoadError as exc:
-                raise KernelLoadError(f"{path}: {exc}") from None
+        try:
+            with data:
+                image = parse_kernel(data)
+            _check_fits(mem, image)
+        except KernelLoadError as exc:
+            raise KernelLoadError(f"{path}: {exc}") from None
+        for seg in image.segments:
+            with mem.view(seg.guest_addr, seg.file_size) as target:
+                _read_into(fd, target, seg.file_offset, f"kernel image {path}")
+            _zero_tail(mem, seg)
+        return image
 
 
-def load_initrd(mem: GuestMemory, path: Path, kernel: KernelImage) -> tuple[int, int]:
+def _check_fits(mem: GuestMemory, image: KernelImage) -> None:
+    start = min(seg.guest_addr for seg in image.segments)
+    if not mem.check_range(start, image.end - start):
+        raise KernelLoadError(
+            f"kernel needs guest memory {start:#x}..{image.end:#x}, which does not fit in the VM's "
+            f"{mem.size >> 20} MiB of RAM below the MMIO gap; give the VM more memory"
+        )
+
+
+def _zero_tail(mem: GuestMemory, seg: Segment) -> None:
+    """Zero the part of a segment past its file bytes (ELF p_memsz > p_filesz: bss)."""
+    tail = seg.mem_size - seg.file_size
+    if tail:
+        mem.view(seg.guest_addr + seg.file_size, tail)[:] = bytes(tail)
+
+
+def _read_into(fd: int, target: memoryview, offset: int, what: str) -> None:
+    """Fill ``target`` from the file at ``offset`` (short reads continued)."""
+    done, size = 0, len(target)
+    while done < size:
+        n = os.preadv(fd, [target[done:]], offset + done)
+        if n <= 0:
+            raise KernelLoadError(f"{what} shrank while being read; try again")
+        done += n
+
+
+def load_initrd(mem: GuestMemory, path: str | os.PathLike[str], kernel: KernelImage) -> tuple[int, int]:
     """Copy the initrd as high as the kernel allows in low RAM, page-aligned; returns ``(addr, size)``.
 
     boot.rst ("initrd_addr_max"): the whole initrd must lie at or below that
@@ -172,13 +197,8 @@ def load_initrd(mem: GuestMemory, path: Path, kernel: KernelImage) -> tuple[int,
                 f"initrd {path} is {size >> 20} MiB but only {room >> 20} MiB fit between the kernel "
                 "and the end of low RAM; give the VM more memory or use a smaller initrd"
             )
-        done = 0
         with mem.view(addr, size) as target:
-            while done < size:
-                n = os.readv(fd, [target[done:]])
-                if n <= 0:
-                    raise KernelLoadError(f"initrd {path} shrank while being read; try again")
-                done += n
+            _read_into(fd, target, 0, f"initrd {path}")
     return addr, size
 
 
@@ -219,8 +239,8 @@ def _align_up(value: int, align: int) -> int:
 class _open_image:
     """Open a file for reading, turning OS errors into one-line KernelLoadErrors."""
 
-    def __init__(self, path: Path, what: str) -> None:
-        self.path, self.what, self.fd = Path(path), what, -1
+    def __init__(self, path: str | os.PathLike[str], what: str) -> None:
+        self.path, self.what, self.fd = os.fspath(path), what, -1
 
     def __enter__(self) -> tuple[int, int]:
         try:

@@ -12,7 +12,7 @@ import ctypes
 import mmap
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from firelet.errors import FireletError
 from firelet.vmm import layout
@@ -26,13 +26,13 @@ class GuestMemoryError(FireletError):
     """A guest-physical range that is not (wholly) inside guest RAM."""
 
 
-@dataclass(frozen=True)
-class MemoryRegion:
+class MemoryRegion(NamedTuple):
     """One contiguous stretch of guest RAM backed by one host mapping."""
 
     guest_addr: int
     size: int
     mapping: mmap.mmap
+    offset: int = 0  # where guest RAM starts inside ``mapping`` (aligned for huge pages)
 
     @property
     def end(self) -> int:
@@ -40,8 +40,8 @@ class MemoryRegion:
 
     @property
     def host_addr(self) -> int:
-        """The host virtual address of the mapping (for KVM_SET_USER_MEMORY_REGION)."""
-        return ctypes.addressof(ctypes.c_char.from_buffer(self.mapping))
+        """The host virtual address of guest RAM (for KVM_SET_USER_MEMORY_REGION)."""
+        return ctypes.addressof(ctypes.c_char.from_buffer(self.mapping)) + self.offset
 
 
 class GuestMemory:
@@ -52,11 +52,19 @@ class GuestMemory:
         for prev, cur in zip(self.regions, self.regions[1:]):
             if cur.guest_addr < prev.end:
                 raise ValueError("guest memory regions overlap")
-        self._views = [memoryview(r.mapping) for r in self.regions]
+        self._views = [memoryview(r.mapping)[r.offset : r.offset + r.size] for r in self.regions]
 
     @classmethod
-    def anonymous(cls, ranges: Iterable[tuple[int, int]], *, huge_pages: bool = False) -> GuestMemory:
-        """Map fresh zeroed memory for each ``(guest_addr, size)``; pages are committed on first touch."""
+    def anonymous(cls, ranges: Iterable[tuple[int, int]], *, huge_pages: bool = False,
+                  transparent_huge_pages: bool = False) -> GuestMemory:
+        """Map fresh zeroed memory for each ``(guest_addr, size)``; pages are committed on first touch.
+
+        ``huge_pages`` backs RAM with hugetlbfs 2 MiB pages (Firecracker's
+        ``huge_pages: "2M"``, needs ``vm.nr_hugepages``). ``transparent_huge_pages``
+        aligns each region to 2 MiB and asks the kernel for THP there, as QEMU
+        does: fewer, larger nested-paging entries, at the cost of RSS growing in
+        2 MiB steps.
+        """
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
         if huge_pages:
             flags |= _MAP_HUGETLB
@@ -64,20 +72,31 @@ class GuestMemory:
         for guest_addr, size in ranges:
             if huge_pages and size % HUGE_PAGE_SIZE:
                 raise GuestMemoryError(f"memory size {size} is not a multiple of 2 MiB, needed for huge pages")
+            # An anonymous mapping is only page-aligned; reserve 2 MiB more (never
+            # touched, so free) and start guest RAM at the first 2 MiB boundary.
+            slack = HUGE_PAGE_SIZE if transparent_huge_pages and not huge_pages else 0
             try:
-                mapping = mmap.mmap(-1, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+                mapping = mmap.mmap(-1, size + slack, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
             except OSError as exc:
                 what = "huge pages (is vm.nr_hugepages set?)" if huge_pages else "memory"
                 raise GuestMemoryError(f"cannot map {size >> 20} MiB of guest {what}: {exc.strerror}") from exc
+            offset = 0
+            if slack:
+                base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
+                offset = -base % HUGE_PAGE_SIZE
+                if hasattr(mmap, "MADV_HUGEPAGE"):
+                    mapping.madvise(mmap.MADV_HUGEPAGE, offset, size)
             if not huge_pages and hasattr(mmap, "MADV_DONTDUMP"):
                 mapping.madvise(mmap.MADV_DONTDUMP)
-            regions.append(MemoryRegion(guest_addr, size, mapping))
+            regions.append(MemoryRegion(guest_addr, size, mapping, offset))
         return cls(regions)
 
     @classmethod
-    def for_size(cls, mem_size: int, *, huge_pages: bool = False) -> GuestMemory:
+    def for_size(cls, mem_size: int, *, huge_pages: bool = False,
+                 transparent_huge_pages: bool = False) -> GuestMemory:
         """Guest RAM of ``mem_size`` bytes laid out around the 32-bit MMIO gap."""
-        return cls.anonymous(layout.ram_regions(mem_size), huge_pages=huge_pages)
+        return cls.anonymous(layout.ram_regions(mem_size), huge_pages=huge_pages,
+                             transparent_huge_pages=transparent_huge_pages)
 
     @property
     def size(self) -> int:

@@ -11,17 +11,17 @@ thread then parks until the gate opens again (or the VM stops).
 
 from __future__ import annotations
 
-import logging
 import struct
 import threading
 from collections.abc import Callable
 
 from firelet.kvm import structs as S
+from firelet.log import DEBUG, get_logger
 from firelet.metrics import METRICS, Area
 from firelet.vmm.bus import Bus
 from firelet.vmm.exits import ExitKind, VmExit
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 ExitCallback = Callable[[VmExit], None]
 
@@ -123,6 +123,8 @@ class Vcpu:
             if not enter():
                 fd.set_immediate_exit(False)
                 if gate.stopping.is_set():
+                    if log.isEnabledFor(DEBUG):
+                        log.debug("vCPU %d stopped: %s", self.index, self.describe_state())
                     return
                 if not gate.running.is_set():
                     gate.park()
@@ -158,6 +160,17 @@ class Vcpu:
             if outcome is not None:
                 self.on_exit(outcome)
                 return
+
+    def describe_state(self) -> str:
+        """Where the guest is (rip, rsp, cr3, mp_state, pending events): for a stuck guest's log line."""
+        try:
+            regs, sregs = self.fd.get_regs(), self.fd.get_sregs()
+            events = self.fd.get_vcpu_events()
+            return (f"rip={regs.rip:#x} rsp={regs.rsp:#x} rflags={regs.rflags:#x} cr3={sregs.cr3:#x} "
+                    f"mp_state={self.fd.get_mp_state()} irq_pending={events.interrupt.injected} "
+                    f"nmi_pending={events.nmi.pending}")
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must never fail the stop
+            return f"state unavailable ({exc})"
 
     def _classify(self, run, reason: int) -> VmExit | None:
         """Turn an exit that is not device I/O into the VM's outcome (None: keep running)."""

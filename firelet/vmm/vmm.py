@@ -8,33 +8,32 @@ host stops it.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from firelet.log import DEBUG, get_logger
 from firelet.vmm import layout
 from firelet.vmm.bus import Bus
 from firelet.vmm.event_loop import EventLoop
 from firelet.vmm.exits import ExitKind, VmExit
 from firelet.vmm.vcpu import Vcpu, VcpuGate
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: How long pause() waits for every vCPU to leave KVM_RUN.
 PAUSE_TIMEOUT_S = 5.0
 
 
-@dataclass
 class VmmResources:
     """Everything the VM owns that must be released when it ends."""
 
-    kvm: Any
-    vm_fd: Any
-    memory: Any
-    closers: list[Callable[[], None]] = field(default_factory=list)
+    __slots__ = ("kvm", "vm_fd", "memory", "closers")
+
+    def __init__(self, kvm: Any, vm_fd: Any, memory: Any, closers: list[Callable[[], None]] | None = None) -> None:
+        self.kvm, self.vm_fd, self.memory = kvm, vm_fd, memory
+        self.closers: list[Callable[[], None]] = [] if closers is None else closers
 
 
 class Vmm:
@@ -54,6 +53,8 @@ class Vmm:
         self.start_info = layout.PVH_INFO_START
         #: Devices by role, for the controller: "serial", "i8042", "block:<id>", ...
         self.devices: dict[str, Any] = {}
+        #: KVM's coalesced I/O ring (firelet.vmm.coalesced), when KVM offers coalesced port I/O.
+        self.coalesced_ring: Any = None
         self._exit: VmExit | None = None
         self._exit_lock = threading.Lock()
         self._done = threading.Event()
@@ -143,4 +144,4 @@ class Vmm:
             try:
                 closer()
             except Exception:  # keep releasing the rest
-                log.warning("error while releasing the VM", exc_info=log.isEnabledFor(logging.DEBUG))
+                log.warning("error while releasing the VM", exc_info=log.isEnabledFor(DEBUG))

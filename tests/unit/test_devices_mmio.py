@@ -255,3 +255,31 @@ def test_notify_and_register_access_from_two_threads(setup) -> None:
 def test_kernel_cmdline_fragment() -> None:
     assert mmio.kernel_cmdline_fragment(0xD0000000, 5) == "virtio_mmio.device=4K@0xd0000000:5"
     assert mmio.MmioTransport.kernel_cmdline_fragment(0x1000, 6) == "virtio_mmio.device=4K@0x1000:6"
+
+
+def test_an_unacknowledged_interrupt_is_raised_again_once_per_period(setup) -> None:
+    """A lost edge (the IOAPIC pin masked when it came) must not strand the driver."""
+    transport, _, irq, drvs = setup
+    mmio_init(transport, drvs)
+    drvs[0].add_chain([(drvs[0].alloc(8), 8, True)])
+    transport.notify(0)
+    assert irq.count == 1
+    transport.rearm_interrupt()  # the first poll only notes that it is pending...
+    assert irq.count == 1
+    transport.rearm_interrupt()  # ...a whole period without an ACK raises it again
+    assert irq.count == 2
+    mmio_write32(transport, mmio.INTERRUPT_ACK, mmio.VIRTIO_MMIO_INT_VRING)
+    for _ in range(3):
+        transport.rearm_interrupt()
+    assert irq.count == 2
+
+
+def test_a_promptly_acknowledged_interrupt_is_never_raised_twice(setup) -> None:
+    transport, _, irq, drvs = setup
+    mmio_init(transport, drvs)
+    for _ in range(3):
+        transport.signal_used_queue()
+        transport.rearm_interrupt()
+        mmio_write32(transport, mmio.INTERRUPT_ACK, mmio.VIRTIO_MMIO_INT_VRING)
+        transport.rearm_interrupt()
+    assert irq.count == 3

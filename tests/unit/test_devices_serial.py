@@ -245,3 +245,66 @@ def test_no_rearm_while_the_interrupt_is_disabled() -> None:
     for _ in range(3):
         uart.rearm_interrupt()
     assert irq.count == 1
+
+
+class _FakeBatch:
+    """What KVM's coalesced ring would hold: THR writes the guest made without an exit."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.queued: list[tuple[int, int]] = []
+        self.switches: list[bool] = []
+
+    def set_active(self, active: bool) -> None:
+        self.active = active
+        self.switches.append(active)
+
+    def guest_writes(self, text: bytes) -> None:
+        assert self.active, "a THR write is only queued while batching is on"
+        self.queued += [(s.DATA, b) for b in text]
+
+    def take(self) -> list[tuple[int, int]]:
+        out, self.queued = self.queued, []
+        return out
+
+
+def test_tx_batching_is_on_exactly_while_thre_interrupts_and_loopback_are_off() -> None:
+    batch = _FakeBatch()
+    uart, _, _ = _uart(tx_batch=batch)
+    assert batch.active  # reset state: IER = 0
+    _out(uart, s.IER, s.IER_THRI)
+    assert not batch.active
+    _out(uart, s.IER, s.IER_RDI)
+    assert batch.active
+    _out(uart, s.MCR, s.MCR_LOOP | s.MCR_OUT2)
+    assert not batch.active
+    _out(uart, s.MCR, s.MCR_OUT2)
+    assert batch.active
+    assert batch.switches == [True, False, True, False, True]
+
+
+def test_queued_writes_are_replayed_in_order_before_any_other_access() -> None:
+    batch = _FakeBatch()
+    uart, irq, sink = _uart(tx_batch=batch)
+    batch.guest_writes(b"hel")
+    assert _in(uart, s.LSR) & s.LSR_THRE  # LSR polls do not need the queue...
+    assert sink.getvalue() == b""
+    batch.guest_writes(b"lo\n")
+    _out(uart, s.IER, s.IER_THRI)  # ...any other access replays it first
+    assert sink.getvalue() == b"hello\n"
+    assert irq.count == 1  # enabling THRI raises THRE once; replayed bytes raised nothing
+    _out(uart, s.DATA, ord("!"))  # with THRI on, THR writes exit and are served directly
+    assert sink.getvalue() == b"hello\n!"
+
+
+def test_queued_divisor_writes_keep_the_dlab_state_they_were_made_in() -> None:
+    batch = _FakeBatch()
+    uart, _, sink = _uart(tx_batch=batch)
+    _out(uart, s.LCR, s.LCR_DLAB | 0x03)
+    batch.queued.append((s.DATA, 1))  # DLL = 1 (115200 baud), queued like any port-0 write
+    _out(uart, s.LCR, 0x03)  # replayed before DLAB is cleared
+    batch.guest_writes(b"x")
+    uart.flush_batched()  # the event loop's periodic flush
+    _out(uart, s.LCR, s.LCR_DLAB | 0x03)
+    assert _in(uart, s.DATA) == 1
+    assert sink.getvalue() == b"x"

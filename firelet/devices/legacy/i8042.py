@@ -23,14 +23,14 @@ technical reference.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 
 from firelet.devices.interrupt import Interrupt
+from firelet.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Ports on the PIO bus (see the class docstring for the two ways to insert them).
 DATA_PORT = 0x60

@@ -13,20 +13,27 @@ should read no more than ``input_space()`` from stdin and stop polling stdin
 while it is 0; ``on_input_space`` (if given) is called when a guest read makes
 room again, so the loop can resume.
 
+Transmit batching (optional ``tx_batch``): while THRE interrupts are off
+(and not in loopback), nothing the guest can observe depends on when a THR
+write is processed, so the VMM may let KVM queue those writes instead of
+exiting for each (coalesced I/O, see firelet.vmm.coalesced). Every other
+access first replays the queued writes, so the guest's order is kept; the
+event loop flushes the rest periodically (``flush_batched``).
+
 Register map and bits: PC16550D datasheet, and Linux include/uapi/linux/serial_reg.h.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from firelet.devices.interrupt import Interrupt
+from firelet.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Port offsets from the base (0x3f8 for COM1). DLAB=1 turns 0/1 into DLL/DLM.
 DATA = 0  # RBR (read) / THR (write)
@@ -90,6 +97,16 @@ class Sink(Protocol):
     def flush(self) -> object: ...
 
 
+class TxBatch(Protocol):
+    """Where queued THR writes come from (firelet.vmm.coalesced.CoalescedPio)."""
+
+    active: bool
+
+    def set_active(self, active: bool, /) -> None: ...
+
+    def take(self) -> list[tuple[int, int]]: ...
+
+
 class Serial:
     """COM port registers at offsets 0..7 of a bus range; see the module docstring."""
 
@@ -101,6 +118,7 @@ class Serial:
         input_capacity: int = DEFAULT_INPUT_CAPACITY,
         on_input_space: Callable[[], None] | None = None,
         defer: Callable[[Callable[[], None]], None] | None = None,
+        tx_batch: TxBatch | None = None,
     ) -> None:
         """``defer(fn)`` runs ``fn`` soon on another thread (the event loop's ``call_soon``);
         with it, output is batched per line instead of written byte by byte."""
@@ -128,20 +146,30 @@ class Serial:
         self._thre_pending = False  # cleared by reading IIR that reports it, set when THR empties
         # What the guest has acknowledged since the last `rearm_interrupt` (see there).
         self._acked_since_poll = True
+        self._batch = tx_batch
+        self._update_batching()
 
     # -- bus interface ------------------------------------------------------
     def read(self, offset: int, data: memoryview) -> None:
         if len(data) == 0:
             return
+        out = fire = None
         if offset == LSR:  # the console polls LSR before every byte: keep it cheap
+            # (queued THR writes change nothing LSR shows: transmission is instant)
             value = (LSR_DR if self._rx else 0) | LSR_THRE | LSR_TEMT
             space_freed = False
         else:
             with self._lock:
+                if self._batch is not None:
+                    out, fire = self._replay_batch()
                 value, space_freed = self._read_register(offset)
         data[0] = value
         for i in range(1, len(data)):
             data[i] = 0
+        if out:
+            self._emit(out)
+        if fire:
+            self._interrupt.trigger()
         if space_freed and self._on_input_space is not None:
             self._on_input_space()
 
@@ -149,11 +177,50 @@ class Serial:
         if len(data) == 0:
             return
         with self._lock:
-            out, fire = self._write_register(offset, data[0])
-        if out is not None:
+            if self._batch is None:
+                byte, fire = self._write_register(offset, data[0])
+                out = None if byte is None else bytes((byte,))
+            else:
+                out, fire = self._replay_batch()
+                byte, fired = self._write_register(offset, data[0])
+                if byte is not None:
+                    out.append(byte)
+                fire = fire or fired
+                if offset == IER or offset == MCR:
+                    self._update_batching()
+        if out:
             self._emit(out)
         if fire:
             self._interrupt.trigger()
+
+    def flush_batched(self) -> None:
+        """Process THR writes still queued (the event loop calls this now and then)."""
+        if self._batch is None:
+            return
+        with self._lock:
+            out, fire = self._replay_batch()
+        if out:
+            self._emit(out)
+        if fire:
+            self._interrupt.trigger()
+
+    def _replay_batch(self) -> tuple[bytearray, bool]:
+        """Apply the queued writes (lock held); returns the bytes they send and whether to raise the line."""
+        out, fire = bytearray(), False
+        for offset, value in self._batch.take():  # type: ignore[union-attr]
+            byte, fired = self._write_register(offset, value)
+            if byte is not None:
+                out.append(byte)
+            fire = fire or fired
+        return out, fire
+
+    def _update_batching(self) -> None:
+        """Batch THR writes exactly while THRE interrupts and loopback are off (lock held)."""
+        if self._batch is None:
+            return
+        want = not self._ier & IER_THRI and not self._mcr & MCR_LOOP
+        if want != self._batch.active:
+            self._batch.set_active(want)
 
     # -- host side ----------------------------------------------------------
     def input_space(self) -> int:
@@ -297,18 +364,18 @@ class Serial:
             fire = True
         return out, fire
 
-    def _emit(self, value: int) -> None:
-        self.tx_bytes += 1
+    def _emit(self, data: bytes | bytearray) -> None:
+        self.tx_bytes += len(data)
         if self._sink is None:
             return
         if self._defer is None:
-            self._write_sink(bytes((value,)))
+            self._write_sink(bytes(data))
             return
         # Batch output: a console line costs one write, not one per byte. A newline or a
         # full batch goes out at once; anything else (a prompt) as soon as the loop runs.
         with self._out_lock:
-            self._out.append(value)
-            now = value == 0x0A or len(self._out) >= _OUT_BATCH
+            self._out += data
+            now = 0x0A in data or len(self._out) >= _OUT_BATCH
             schedule = not now and not self._flush_scheduled
             if schedule:
                 self._flush_scheduled = True

@@ -11,16 +11,16 @@ when a queue's ioeventfd fires), so the two never race on a queue.
 
 from __future__ import annotations
 
-import logging
 import struct
 import threading
 
 from firelet.devices.interrupt import Interrupt
 from firelet.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from firelet.devices.virtio.queue import Queue
+from firelet.log import get_logger
 from firelet.vmm.memory import GuestMemory
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # §4.2.2 register offsets.
 MAGIC_VALUE = 0x000
@@ -92,6 +92,7 @@ class MmioTransport:
         self.lock = threading.Lock()
         self._isr_lock = threading.Lock()
         self.interrupt_status = 0
+        self._acked_since_poll = True  # see rearm_interrupt
         self.config_generation = 0
         self.status = 0
         self.device_features_sel = 0
@@ -114,6 +115,20 @@ class MmioTransport:
             self.interrupt_status |= VIRTIO_MMIO_INT_CONFIG
             self.config_generation = (self.config_generation + 1) & 0xFFFFFFFF
         self.interrupt.trigger()
+
+    def rearm_interrupt(self) -> None:
+        """Raise the line again if InterruptStatus has stayed set, unacknowledged, since the last call.
+
+        The line is an edge (irqfd); one the guest's IOAPIC drops (arriving while the
+        pin is masked) would leave the driver waiting for a completion forever. Called
+        periodically by the event loop, a lost edge costs one period instead.
+        """
+        with self._isr_lock:
+            waiting = self.interrupt_status != 0
+            fire = waiting and not self._acked_since_poll
+            self._acked_since_poll = not waiting
+        if fire:
+            self.interrupt.trigger()
 
     # -- notifications --------------------------------------------------------
     def notify(self, index: int) -> None:
@@ -215,6 +230,7 @@ class MmioTransport:
         elif offset == INTERRUPT_ACK:
             with self._isr_lock:
                 self.interrupt_status &= ~value
+                self._acked_since_poll = True
         elif offset == STATUS:
             self._write_status(value & 0xFF)
         else:

@@ -18,7 +18,6 @@ import enum
 import struct
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from firelet.vmm.memory import GuestMemory
@@ -86,7 +85,6 @@ class Descriptor(NamedTuple):
     write: bool  # device-writable
 
 
-@dataclass(slots=True)
 class DescriptorChain:
     """A popped chain: its head (for the used ring) and its checked buffers.
 
@@ -94,10 +92,18 @@ class DescriptorChain:
     fault; ``head_valid`` says whether the head may go back on the used ring.
     """
 
-    head_index: int
-    descriptors: list[Descriptor] = field(default_factory=list)
-    error: ChainError | None = None
-    head_valid: bool = True
+    __slots__ = ("head_index", "descriptors", "error", "head_valid")
+
+    def __init__(self, head_index: int, descriptors: list[Descriptor] | None = None,
+                 error: ChainError | None = None, head_valid: bool = True) -> None:
+        self.head_index = head_index
+        self.descriptors: list[Descriptor] = [] if descriptors is None else descriptors
+        self.error = error
+        self.head_valid = head_valid
+
+    def __repr__(self) -> str:
+        return (f"DescriptorChain(head_index={self.head_index}, descriptors={self.descriptors!r}, "
+                f"error={self.error!r}, head_valid={self.head_valid})")
 
     def __iter__(self) -> Iterator[Descriptor]:
         return iter(self.descriptors)

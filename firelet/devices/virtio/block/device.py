@@ -9,13 +9,11 @@ status, a chain that has no place for a status is returned with length 0.
 
 from __future__ import annotations
 
-import logging
 import os
 import stat
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 from firelet.devices.virtio.block.request import (
     SECTOR_SHIFT,
@@ -35,9 +33,10 @@ from firelet.devices.virtio.block.request import (
 from firelet.devices.virtio.device import TYPE_BLOCK, InterruptSignal, VirtioDeviceBase
 from firelet.devices.virtio.queue import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, Queue
 from firelet.errors import FireletError
+from firelet.log import get_logger
 from firelet.vmm.memory import GuestMemory
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # §5.2.3 feature bits.
 VIRTIO_BLK_F_SEG_MAX = 2
@@ -56,16 +55,18 @@ class BlockError(FireletError):
     """A drive's backing file cannot be used."""
 
 
-@dataclass
 class BlockMetrics:
-    read_bytes: int = 0
-    write_bytes: int = 0
-    read_ops: int = 0
-    write_ops: int = 0
-    flush_ops: int = 0
-    get_id_ops: int = 0
-    failures: int = 0  # requests completed with IOERR or UNSUPP
-    dropped: int = 0  # chains returned with length 0 (malformed, no header, no status)
+    """One drive's counters (folded into the process metrics by the controller)."""
+
+    def __init__(self) -> None:
+        self.read_bytes = 0
+        self.write_bytes = 0
+        self.read_ops = 0
+        self.write_ops = 0
+        self.flush_ops = 0
+        self.get_id_ops = 0
+        self.failures = 0  # requests completed with IOERR or UNSUPP
+        self.dropped = 0  # chains returned with length 0 (malformed, no header, no status)
 
 
 class Block(VirtioDeviceBase):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
 
 from firelet.devices.virtio.queue import DescriptorChain
 from firelet.vmm.memory import GuestMemory
@@ -43,15 +42,18 @@ class Drop(enum.Enum):
     NO_STATUS = "no device-writable byte for the status"
 
 
-@dataclass(slots=True)
 class Request:
     """A parsed request; ``data`` runs in the direction its type needs."""
 
-    type: int
-    sector: int
-    readable: list[memoryview]  # device-readable bytes after the header (OUT data)
-    writable: list[memoryview]  # device-writable bytes before the status (IN / GET_ID data)
-    status: memoryview  # one byte
+    __slots__ = ("type", "sector", "readable", "writable", "status")
+
+    def __init__(self, type: int, sector: int, readable: list[memoryview], writable: list[memoryview],  # noqa: A002
+                 status: memoryview) -> None:
+        self.type = type
+        self.sector = sector
+        self.readable = readable  # device-readable bytes after the header (OUT data)
+        self.writable = writable  # device-writable bytes before the status (IN / GET_ID data)
+        self.status = status  # one byte
 
     @property
     def readable_len(self) -> int:
