@@ -66,7 +66,7 @@ def rig_environment(base: dict[str, str]) -> dict[str, str]:
 
 
 def command_script(spec: RunSpec) -> str:
-    """The POSIX sh script run inside the chroot: environment, cwd, then ``exec`` the command."""
+    """The POSIX sh script run inside the chroot: environment, cwd, the command, its status."""
     lines = ["# firelet rig: the command of one run"]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(spec.env.items())]
     if spec.tty_size is not None:
@@ -75,7 +75,13 @@ def command_script(spec: RunSpec) -> str:
     cwd = shlex.quote(spec.cwd)
     lines.append(f"cd {cwd} || {{ echo \"firelet nested: cannot enter {spec.cwd!s} inside the rig "
                  "(is it under /tmp? pass it with --share)\" >&2; exit 125; }")
-    lines.append("exec " + " ".join(shlex.quote(a) for a in spec.argv))
+    lines.append(" ".join(shlex.quote(a) for a in spec.argv))
+    lines.append("status=$?")
+    # This script leads the session on ttyS0: when it ends the kernel hangs the tty up and
+    # throws away output the UART has not sent yet. Re-applying the settings waits for it
+    # (stty sets them with TCSADRAIN); off a terminal both stty calls fail quietly.
+    lines.append('stty "$(stty -g 2>/dev/null)" 2>/dev/null')
+    lines.append("exit $status")
     return "\n".join(lines) + "\n"
 
 

@@ -79,4 +79,12 @@ def test_rig_environment_adds_flags_and_drops_shell_state() -> None:
 
 def test_interactive_run_gets_the_terminal_size() -> None:
     assert "stty rows 40 cols 120" in command_script(_spec(tty_size=(40, 120)))
-    assert "stty" not in command_script(_spec())
+    assert "stty rows" not in command_script(_spec())
+
+
+def test_command_script_returns_the_commands_status_quietly_off_a_terminal(tmp_path: Path) -> None:
+    """The closing drain (for a tty about to be hung up) must not add noise or eat the status."""
+    script = tmp_path / "cmd.sh"
+    script.write_text(command_script(_spec(argv=["sh", "-c", "echo out; echo err >&2; exit 7"], cwd="/")))
+    out = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert (out.returncode, out.stdout, out.stderr) == (7, "out\n", "err\n")

@@ -91,9 +91,14 @@ class MmioTransport:
         self.queues = [Queue(size) for size in device.queue_max_sizes]
         self.lock = threading.Lock()
         self._isr_lock = threading.Lock()
-        self.interrupt_status = 0
-        self._acked_since_poll = True  # see rearm_interrupt
         self.config_generation = 0
+        self._clear_registers()
+
+    def _clear_registers(self) -> None:
+        """The driver-visible state a reset returns to (§2.4); the config generation survives."""
+        with self._isr_lock:
+            self.interrupt_status = 0
+            self._acked_since_poll = True  # see rearm_interrupt
         self.status = 0
         self.device_features_sel = 0
         self.driver_features_sel = 0
@@ -315,10 +320,4 @@ class MmioTransport:
         self.device.reset()
         for queue in self.queues:
             queue.reset()
-        with self._isr_lock:
-            self.interrupt_status = 0
-        self.status = 0
-        self.device_features_sel = 0
-        self.driver_features_sel = 0
-        self.driver_features = 0
-        self.queue_sel = 0
+        self._clear_registers()
