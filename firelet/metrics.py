@@ -13,7 +13,6 @@ The top-level keys follow Firecracker's metrics (``api_server``,
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import threading
@@ -119,6 +118,8 @@ class MetricsWriter:
         with self._lock:
             if self._fd < 0:
                 return False
+            import json  # here, not at the top: the VMM imports this module at every start
+
             line = json.dumps(self._metrics.deltas(), separators=(",", ":")).encode() + b"\n"
             ok = write_line(self._fd, line)
         if not ok:

@@ -72,6 +72,23 @@ def _hidden_inside(path: str) -> bool:
     return any(_is_within(path, top) for top in _TMPFS_INSIDE)
 
 
+def compile_firelet_bytecode() -> None:
+    """Write firelet's own ``.pyc`` files here, where the checkout is writable.
+
+    The rig sees this machine's root read-only, so Python inside can never cache
+    bytecode: without this, every firelet start in the rig would compile each module
+    changed since the last install (an editable install compiles none) from source,
+    which under the emulated CPU costs a good part of a second.
+    """
+    import compileall
+
+    package = Path(__file__).resolve().parent.parent
+    try:
+        compileall.compile_dir(str(package), quiet=2)
+    except OSError:  # a read-only install: its bytecode came with it
+        log.debug("could not compile %s", package, exc_info=True)
+
+
 def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Path, ...] = (),
                mem_mib: int = 4096, smp: int = 2, cwd: Path | str | None = None,
                stdout: TextIO | BinaryIO | None = None, interactive: bool = False,
@@ -95,6 +112,7 @@ def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Pa
     )
     base = outer.prepare_base()
     spec = RunSpec(**{**spec.__dict__, "modules": outer.module_paths_inside(base.kernel)})
+    compile_firelet_bytecode()
     with tempfile.TemporaryDirectory(prefix="firelet-rig-") as tmp:
         initrd = outer.write_run_initrd(base, init_script(spec), command_script(spec), Path(tmp))
         pvh = base.kernel.vmlinux is not None and QBOOT.exists()
