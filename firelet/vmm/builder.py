@@ -150,12 +150,16 @@ def build_vmm(
 
     kvm = Kvm(kvm_path)
     closers: list[Callable[[], None]] = [kvm.close]
+    loading: _Background | None = None
     try:
         vm_fd = kvm.create_vm()
         closers.append(vm_fd.close)
         memory = GuestMemory.for_size(machine.mem_size_mib * layout.MiB, huge_pages=machine.huge_pages == "2M",
                                       transparent_huge_pages=TRANSPARENT_HUGE_PAGES)
         closers.insert(0, memory.close)  # unmapped last (closers run in reverse)
+        # Reading the kernel (and initrd) into guest RAM waits on the disk, with the GIL
+        # released: do it on a helper thread while this one sets up the VM and its devices.
+        loading = _Background(lambda: _read_images(memory, config))
         resources = VmmResources(kvm, vm_fd, memory, closers)
         _setup_vm(vm_fd, memory)
         loop = event_loop if event_loop is not None else EventLoop()
@@ -170,11 +174,14 @@ def build_vmm(
 
         device_args = attach_devices(vmm, config, console)
         cmdline = boot_cmdline(config, device_args)
-        _load_guest(vmm, config, cmdline)
+        kernel, initrd = loading.result()
+        _load_guest(vmm, config, cmdline, kernel, initrd)
         _ensure_kick_handler(install_kick_handler)
         _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count)
         return vmm
     except BaseException:
+        if loading is not None:
+            loading.join()  # it writes into guest RAM, which the closers unmap
         for closer in reversed(closers):
             try:
                 closer()
@@ -208,15 +215,51 @@ def _setup_vm(vm_fd: Any, memory: Any) -> None:
     vm_fd.create_pit2()
 
 
-def _load_guest(vmm: Vmm, config: VmConfig, cmdline: str) -> None:
-    from firelet.vmm import bootparams, loader, mptable
+class _Background:
+    """Run ``fn`` on a helper thread; :meth:`result` joins it and re-raises what it raised."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        import threading
+
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name="firelet-loader", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self._value = fn()
+        except BaseException as exc:  # handed to the caller by result()
+            self._error = exc
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        self.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _read_images(mem: Any, config: VmConfig) -> tuple[Any, tuple[int, int] | None]:
+    """Load the kernel, and the initrd if any, into guest RAM: ``(KernelImage, (addr, size) | None)``."""
+    from firelet.vmm import loader
 
     assert config.boot_source is not None
-    mem = vmm.memory
     kernel = loader.load_kernel(mem, config.boot_source.kernel_image_path)
     initrd = None
     if config.boot_source.initrd_path:
         initrd = loader.load_initrd(mem, config.boot_source.initrd_path, kernel)
+    return kernel, initrd
+
+
+def _load_guest(vmm: Vmm, config: VmConfig, cmdline: str, kernel: Any, initrd: tuple[int, int] | None) -> None:
+    """Write the command line and boot structures for the loaded ``kernel``; choose the entry."""
+    from firelet.vmm import bootparams, loader, mptable
+
+    assert config.boot_source is not None
+    mem = vmm.memory
     loader.write_cmdline(mem, cmdline, kernel=kernel)
     if kernel.kind == "elf" and kernel.pvh_entry is not None and PREFER_PVH:
         # As Firecracker: an ELF kernel with a PVH note is entered in 32-bit protected mode
