@@ -5,6 +5,8 @@ THRE and TEMT always read as set and a THRE interrupt is re-raised after every
 byte. The interrupt line is an edge (irqfd): we trigger it whenever an enabled
 interrupt condition becomes true, as the 8250 driver's handler then reads IIR
 until nothing is pending.
+Transmitted bytes go to the sink through :class:`~firelet.devices.legacy.output.LineOutput`
+(a line at a time).
 
 Receive side: one bounded queue of ``input_capacity`` bytes stands for the
 16550's FIFO plus a host-side buffer. ``enqueue_input`` takes at most
@@ -31,9 +33,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from firelet.devices.interrupt import Interrupt
-from firelet.log import get_logger
-
-log = get_logger(__name__)
+from firelet.devices.legacy.output import LineOutput, Sink
 
 #: Port offsets from the base (0x3f8 for COM1). DLAB=1 turns 0/1 into DLL/DLM.
 DATA = 0  # RBR (read) / THR (write)
@@ -87,16 +87,6 @@ _MSR_DEFAULT = MSR_DCD | MSR_DSR | MSR_CTS
 _DEFAULT_DIVISOR = 12
 #: Receive queue capacity: the 16550A's 16-byte FIFO plus room for a pasted line.
 DEFAULT_INPUT_CAPACITY = 4096
-#: Batched guest output is written once it reaches this many bytes, even without a newline.
-_OUT_BATCH = 256
-
-
-class Sink(Protocol):
-    def write(self, data: bytes, /) -> object: ...
-
-    def flush(self) -> object: ...
-
-
 class TxBatch(Protocol):
     """Where queued THR writes come from (firelet.vmm.coalesced.CoalescedPio)."""
 
@@ -123,19 +113,13 @@ class Serial:
         """``defer(fn)`` runs ``fn`` soon on another thread (the event loop's ``call_soon``);
         with it, output is batched per line instead of written byte by byte."""
         self._interrupt = interrupt
-        self._sink = sink
+        self._output = LineOutput(sink, defer)
         self._capacity = max(1, input_capacity)
         self._on_input_space = on_input_space
         self._lock = threading.Lock()
-        self._defer = defer
-        self._out = bytearray()
-        self._out_lock = threading.Lock()
-        self._flush_scheduled = False
         self._rx: deque[int] = deque()
-        self.tx_bytes = 0
         self.rx_bytes = 0
         self.rx_dropped = 0
-        self.tx_dropped = 0
         self._ier = 0
         self._lcr = 0x03  # 8N1
         self._mcr = MCR_OUT2
@@ -167,7 +151,7 @@ class Serial:
         for i in range(1, len(data)):
             data[i] = 0
         if out:
-            self._emit(out)
+            self._output.emit(out)
         if fire:
             self._interrupt.trigger()
         if space_freed and self._on_input_space is not None:
@@ -189,7 +173,7 @@ class Serial:
                 if offset == IER or offset == MCR:
                     self._update_batching()
         if out:
-            self._emit(out)
+            self._output.emit(out)
         if fire:
             self._interrupt.trigger()
 
@@ -200,7 +184,7 @@ class Serial:
         with self._lock:
             out, fire = self._replay_batch()
         if out:
-            self._emit(out)
+            self._output.emit(out)
         if fire:
             self._interrupt.trigger()
 
@@ -259,7 +243,19 @@ class Serial:
             self._interrupt.trigger()
 
     def set_sink(self, sink: Sink | None) -> None:
-        self._sink = sink
+        self._output.sink = sink
+
+    @property
+    def tx_bytes(self) -> int:
+        return self._output.sent
+
+    @property
+    def tx_dropped(self) -> int:
+        return self._output.dropped
+
+    def flush_output(self) -> None:
+        """Write out batched guest output (thread-safe)."""
+        self._output.flush()
 
     # -- registers ----------------------------------------------------------
     def _read_register(self, offset: int) -> tuple[int, bool]:
@@ -363,41 +359,3 @@ class Serial:
             self._thre_pending = True
             fire = True
         return out, fire
-
-    def _emit(self, data: bytes | bytearray) -> None:
-        self.tx_bytes += len(data)
-        if self._sink is None:
-            return
-        if self._defer is None:
-            self._write_sink(bytes(data))
-            return
-        # Batch output: a console line costs one write, not one per byte. A newline or a
-        # full batch goes out at once; anything else (a prompt) as soon as the loop runs.
-        with self._out_lock:
-            self._out += data
-            now = 0x0A in data or len(self._out) >= _OUT_BATCH
-            schedule = not now and not self._flush_scheduled
-            if schedule:
-                self._flush_scheduled = True
-        if now:
-            self.flush_output()
-        elif schedule:
-            self._defer(self.flush_output)
-
-    def flush_output(self) -> None:
-        """Write out batched guest output (thread-safe)."""
-        with self._out_lock:
-            data, self._out = bytes(self._out), bytearray()
-            self._flush_scheduled = False
-        if data:
-            self._write_sink(data)
-
-    def _write_sink(self, data: bytes) -> None:
-        try:
-            self._sink.write(data)
-            self._sink.flush()  # a console must never hold back a prompt
-        except (OSError, ValueError) as exc:
-            # A closed or broken sink must not take the guest down with it.
-            self.tx_dropped += len(data)
-            if self.tx_dropped == len(data):
-                log.warning("serial output dropped: %s", exc)
