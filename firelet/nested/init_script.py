@@ -16,6 +16,8 @@ import shlex
 from dataclasses import dataclass, field
 
 START_MARKER = "FIRELET-RIG-START"
+#: How often the rig's init shows it is alive on its second serial port (ttyS1).
+HEARTBEAT_PERIOD_S = 5
 EXIT_MARKER = "FIRELET-RIG-EXIT"
 
 HOST_ROOT_TAG = "hostroot"
@@ -54,6 +56,7 @@ class RunSpec:
     root_cache: str = ROOT_CACHE
     verbose: bool = False
     tty_size: tuple[int, int] | None = None  # (rows, columns) of the caller's terminal
+    heartbeat: bool = False  # write a byte to ttyS1 every HEARTBEAT_PERIOD_S (see runner)
 
 
 def rig_environment(base: dict[str, str]) -> dict[str, str]:
@@ -126,6 +129,8 @@ def init_script(spec: RunSpec) -> str:
     s += [
         f"mkdir -p /host{CMD_SCRIPT.rsplit('/', 1)[0]}",
         f"cp /rig/cmd.sh /host{CMD_SCRIPT}",
+        *([f"( while :; do echo > /dev/ttyS1; sleep {HEARTBEAT_PERIOD_S}; done ) </dev/null >/dev/null 2>&1 &"]
+          if spec.heartbeat else []),
         f"echo '{START_MARKER} {spec.nonce}'",
         # New session with the serial port as controlling tty; only the script's own environment.
         f"setsid -c env -i chroot /host /bin/sh {CMD_SCRIPT}",

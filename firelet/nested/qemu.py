@@ -38,11 +38,12 @@ def _qemu_path(path: str) -> str:
 
 def outer_qemu_argv(*, kernel: Path, initrd: Path, cmdline: str, mem_mib: int, smp: int,
                     shares: list[Share], qemu: str = QEMU_BINARY, bios: Path | None = None,
-                    monitor: str | None = None) -> list[str]:
+                    monitor: str | None = None, heartbeat: str | None = None) -> list[str]:
     """The argv that boots the rig; the serial port is QEMU's stdio, without signal keys.
 
     ``bios`` replaces SeaBIOS (use :data:`QBOOT` with a PVH ``vmlinux`` kernel);
-    ``monitor`` is a Unix socket path for QEMU's human monitor (to inspect a stuck rig).
+    ``monitor`` is a Unix socket path for QEMU's human monitor (to inspect a stuck rig);
+    ``heartbeat`` a file that receives the outer Linux's second serial port (ttyS1).
     """
     argv = [
         qemu,
@@ -65,6 +66,8 @@ def outer_qemu_argv(*, kernel: Path, initrd: Path, cmdline: str, mem_mib: int, s
         argv += ["-bios", str(bios)]
     if monitor:
         argv += ["-monitor", f"unix:{_qemu_path(monitor)},server=on,wait=off"]
+    if heartbeat:
+        argv += ["-chardev", f"file,id=hb,path={_qemu_path(heartbeat)}", "-serial", "chardev:hb"]
     for share in shares:
         argv += ["-virtfs",
                  f"local,path={_qemu_path(share.path)},mount_tag={share.tag},"

@@ -48,6 +48,15 @@ class RigFailed(FireletError):
     exit_code = EXIT_RIG_FAILED
 
 
+class RigHung(RigFailed):
+    """The outer Linux stopped running its own processes (its heartbeat stopped)."""
+
+
+#: No heartbeat for this long (after the first one) means the outer kernel hung: seen now and
+#: then under QEMU's emulated CPU (soft lockups on both CPUs), never caused by the command.
+HEARTBEAT_TIMEOUT_S = 90.0
+
+
 def _binary_out(stream: TextIO | BinaryIO) -> BinaryIO:
     buffer = getattr(stream, "buffer", None)
     return buffer if buffer is not None else stream  # type: ignore[return-value]
@@ -108,7 +117,7 @@ def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Pa
         argv=list(argv), cwd=work_dir,
         env=rig_environment(dict(os.environ if env is None else env)),
         nonce=secrets.token_hex(8), shares=share_list, verbose=verbose,
-        tty_size=_tty_size() if interactive else None,
+        tty_size=_tty_size() if interactive else None, heartbeat=True,
     )
     base = outer.prepare_base()
     spec = RunSpec(**{**spec.__dict__, "modules": outer.module_paths_inside(base.kernel)})
@@ -120,14 +129,16 @@ def run_in_rig(argv: list[str], *, timeout: float, shares: list[Path] | tuple[Pa
                                     initrd=initrd, cmdline=kernel_cmdline(verbose=verbose),
                                     mem_mib=mem_mib, smp=smp, shares=share_list,
                                     bios=QBOOT if pvh else None,
-                                    monitor=os.environ.get(MONITOR_ENV))
+                                    monitor=os.environ.get(MONITOR_ENV),
+                                    heartbeat=str(Path(tmp) / "heartbeat"))
         # QEMU keeps OPOST|ONLCR on a raw stdio terminal, so \r\n -> \n is right in both modes.
         filt = RigOutput(spec.nonce, show_boot=verbose, strip_cr=True)
-        return _supervise(qemu_argv, filt, out, timeout=timeout, interactive=interactive)
+        return _supervise(qemu_argv, filt, out, timeout=timeout, interactive=interactive,
+                          heartbeat=Path(tmp) / "heartbeat")
 
 
 def _supervise(qemu_argv: list[str], filt: RigOutput, out: BinaryIO, *, timeout: float,
-               interactive: bool) -> int:
+               interactive: bool, heartbeat: Path | None = None) -> int:
     """Start QEMU, pump its console through ``filt`` into ``out`` until it ends or the deadline."""
     saved_tty = _save_tty() if interactive else None
     try:
@@ -141,12 +152,20 @@ def _supervise(qemu_argv: list[str], filt: RigOutput, out: BinaryIO, *, timeout:
         raise FireletError(f"{qemu_argv[0]} is not installed: apt-get install qemu-system-x86") from None
     errors = bytearray()
     try:
-        _pump(proc, filt, out, errors, deadline=time.monotonic() + timeout)
+        _pump(proc, filt, out, errors, deadline=time.monotonic() + timeout, heartbeat=heartbeat)
     except _Deadline:
         _kill(proc)
         _restore_tty(saved_tty)
         raise RigTimeout(f"the command did not finish within {timeout:g} s; QEMU was killed "
                          "(raise --timeout if it needs longer)") from None
+    except _Hung:
+        _kill(proc)
+        _restore_tty(saved_tty)
+        out.write(filt.finish())
+        out.flush()
+        raise RigHung(f"the rig stopped responding: its kernel sent no heartbeat for "
+                      f"{HEARTBEAT_TIMEOUT_S:g} s (the emulated machine hung, not the command); "
+                      "QEMU was killed, run it again") from None
     finally:
         _kill(proc)
         _restore_tty(saved_tty)
@@ -164,8 +183,33 @@ class _Deadline(Exception):
     pass
 
 
+class _Hung(Exception):
+    pass
+
+
+class _Heartbeat:
+    """Watches the file QEMU writes the rig's ttyS1 to: it must keep growing once it has begun."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.size = 0
+        self.last_change: float | None = None
+
+    def check(self, now: float) -> None:
+        if self.path is None:
+            return
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return
+        if size != self.size:
+            self.size, self.last_change = size, now
+        elif self.last_change is not None and now - self.last_change > HEARTBEAT_TIMEOUT_S:
+            raise _Hung()
+
+
 def _pump(proc: subprocess.Popen[bytes], filt: RigOutput, out: BinaryIO, errors: bytearray,
-          *, deadline: float) -> None:
+          *, deadline: float, heartbeat: Path | None = None) -> None:
     assert proc.stdout is not None and proc.stderr is not None
     sel = selectors.DefaultSelector()
     sel.register(proc.stdout, selectors.EVENT_READ, "out")
@@ -174,10 +218,12 @@ def _pump(proc: subprocess.Popen[bytes], filt: RigOutput, out: BinaryIO, errors:
     marker_at: float | None = None
     t0 = time.monotonic()
     started_at: float | None = None
+    beat = _Heartbeat(heartbeat)
     while open_streams:
         now = time.monotonic()
         if now >= deadline:
             raise _Deadline()
+        beat.check(now)
         if marker_at is not None and now - marker_at > _POWEROFF_GRACE:
             return  # status known and flushed to disk; no need to wait for the power-off
         for key, _ in sel.select(timeout=min(0.5, deadline - now)):

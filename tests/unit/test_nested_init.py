@@ -44,10 +44,10 @@ def test_init_hides_insmod_noise_unless_verbose() -> None:
     assert ">/dev/null" not in init_script(_spec(verbose=True))
 
 
-@pytest.mark.parametrize("verbose", [False, True])
-def test_busybox_sh_accepts_the_init(tmp_path: Path, verbose: bool) -> None:
+@pytest.mark.parametrize("verbose,heartbeat", [(False, False), (True, False), (False, True)])
+def test_busybox_sh_accepts_the_init(tmp_path: Path, verbose: bool, heartbeat: bool) -> None:
     path = tmp_path / "init"
-    path.write_text(init_script(_spec(verbose=verbose)))
+    path.write_text(init_script(_spec(verbose=verbose, heartbeat=heartbeat)))
     proc = subprocess.run([BUSYBOX, "sh", "-n", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -88,3 +88,9 @@ def test_command_script_returns_the_commands_status_quietly_off_a_terminal(tmp_p
     script.write_text(command_script(_spec(argv=["sh", "-c", "echo out; echo err >&2; exit 7"], cwd="/")))
     out = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert (out.returncode, out.stdout, out.stderr) == (7, "out\n", "err\n")
+
+
+def test_the_heartbeat_starts_before_the_command_and_goes_to_the_second_port() -> None:
+    script = init_script(_spec(heartbeat=True))
+    assert script.index("/dev/ttyS1") < script.index(START_MARKER)
+    assert "/dev/ttyS1" not in init_script(_spec())
