@@ -36,15 +36,17 @@ class CoalescedRing:
     """The VM's one ring page; entries are taken under a lock, in KVM's order."""
 
     def __init__(self) -> None:
+        self._mapping: Any = None
         self._page: memoryview | None = None
         self._capacity = 0
         self._lock = threading.Lock()
 
-    def attach(self, page: memoryview | None) -> None:
-        """Give the ring its page (from any vCPU's mapping, once the first vCPU exists)."""
+    def attach(self, mapping: Any) -> None:
+        """Give the ring its page, a writable buffer (mapped from a vCPU once one exists); owned from now on."""
         with self._lock:
-            self._page = page
-            self._capacity = 0 if page is None else (len(page) - _HEADER.size) // _ENTRY.size
+            self._mapping = mapping
+            self._page = None if mapping is None else memoryview(mapping)
+            self._capacity = 0 if mapping is None else (len(self._page) - _HEADER.size) // _ENTRY.size
 
     def take(self) -> list[tuple[int, bool, bytes]]:
         """Remove and return the queued writes as ``(address, pio, data)``, oldest first."""
@@ -71,7 +73,9 @@ class CoalescedRing:
         with self._lock:
             if self._page is not None:
                 self._page.release()
-            self._page, self._capacity = None, 0
+            if hasattr(self._mapping, "close"):
+                self._mapping.close()
+            self._mapping, self._page, self._capacity = None, None, 0
 
 
 class CoalescedPio:

@@ -173,3 +173,30 @@ def test_kvm_immediate_exit_returns_without_running_the_guest(kvm: Kvm) -> None:
         assert _run_to_exit(guest.vcpu) == S.KVM_EXIT_IO
     finally:
         guest.close()
+
+
+# mov dx,0x3f8 ; mov al,'h' ; out dx,al ; mov al,'i' ; out dx,al ; mov dx,0x3fd ; in al,dx ; hlt
+OUT_OUT_IN_HLT = bytes([0xBA, 0xF8, 0x03, 0xB0, 0x68, 0xEE, 0xB0, 0x69, 0xEE, 0xBA, 0xFD, 0x03, 0xEC, 0xF4])
+
+
+def test_kvm_coalesced_port_writes_queue_in_the_ring_instead_of_exiting(kvm: Kvm) -> None:
+    """What the UART's transmit batching relies on, on the real KVM (firelet.vmm.coalesced)."""
+    from firelet.kvm.ioctls import KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO
+    from firelet.vmm.coalesced import CoalescedPio, CoalescedRing
+
+    guest = Guest(kvm, OUT_OUT_IN_HLT)
+    ring = CoalescedRing()
+    try:
+        assert guest.vm.check_extension(KVM_CAP_COALESCED_PIO) > 0
+        ring.attach(guest.vcpu.map_page(guest.vm.check_extension(KVM_CAP_COALESCED_MMIO)))
+        batch = CoalescedPio(guest.vm, ring, 0x3F8, 1)
+        batch.set_active(True)
+        vcpu, run = guest.vcpu, guest.vcpu.run_struct
+        assert _run_to_exit(vcpu) == S.KVM_EXIT_IO  # the first exit is the LSR read...
+        assert (run.io.port, run.io.direction) == (0x3FD, S.KVM_EXIT_IO_IN)
+        assert batch.take() == [(0, ord("h")), (0, ord("i"))]  # ...both writes wait in the ring
+        assert batch.take() == []
+        assert _run_to_exit(vcpu) == S.KVM_EXIT_HLT
+    finally:
+        ring.close()
+        guest.close()
