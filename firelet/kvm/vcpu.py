@@ -73,13 +73,16 @@ class VcpuFd:
         #: The ``kvm_run`` structure, live over the shared mapping.
         self.run_struct: S.kvm_run = S.kvm_run.from_buffer(self._map)
 
-    def map_page(self, page: int) -> mmap.mmap | None:
-        """A mapping of its own of page ``page`` of this vCPU's area (e.g. the VM's coalesced ring),
-        or None if the area has no such page. It outlives this object; close it when done."""
-        if (page + 1) * mmap.PAGESIZE > len(self._view):
+    def shared_page(self, page: int) -> memoryview | None:
+        """Page ``page`` of this vCPU's mapped area (e.g. the VM's coalesced ring), or None if the
+        area has no such page. Release the view before :meth:`close`.
+
+        (A second mmap of the vCPU fd for that page would outlive this object, but in the
+        nested rig it went with the outer kernel hanging about once in ten boots.)"""
+        start = page * mmap.PAGESIZE
+        if start + mmap.PAGESIZE > len(self._view):
             return None
-        return mmap.mmap(self.fd, mmap.PAGESIZE, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE,
-                         offset=page * mmap.PAGESIZE)
+        return self._view[start : start + mmap.PAGESIZE]
 
     # --- running ---
     def run(self) -> bool:

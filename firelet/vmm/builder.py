@@ -170,7 +170,6 @@ def build_vmm(
             from firelet.vmm.coalesced import CoalescedRing
 
             vmm.coalesced_ring = CoalescedRing()
-            closers.append(vmm.coalesced_ring.close)  # after the UART's last flush (reverse order)
         from firelet.vmm.device_manager import attach_devices
 
         device_args = attach_devices(vmm, config, console)
@@ -295,7 +294,8 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
         fd = vm_fd.create_vcpu(index)
         vmm.resources.closers.append(fd.close)
         if index == 0 and vmm.coalesced_ring is not None:  # the ring page is in every vCPU's area
-            vmm.coalesced_ring.attach(fd.map_page(vm_fd.check_extension(KVM_CAP_COALESCED_MMIO)))
+            vmm.coalesced_ring.attach(fd.shared_page(vm_fd.check_extension(KVM_CAP_COALESCED_MMIO)))
+            vmm.resources.closers.append(vmm.coalesced_ring.close)  # before fd.close (reverse order)
         fd.set_cpuid2(cpuid.build_cpuid(supported, index, count, tsc_deadline=tsc_deadline))
         fd.set_msrs(cpu.boot_msrs())
         if index == 0:

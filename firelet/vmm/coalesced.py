@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from firelet.errors import FireletError
@@ -36,17 +37,20 @@ class CoalescedRing:
     """The VM's one ring page; entries are taken under a lock, in KVM's order."""
 
     def __init__(self) -> None:
-        self._mapping: Any = None
         self._page: memoryview | None = None
         self._capacity = 0
         self._lock = threading.Lock()
+        self._before_close: list[Callable[[], None]] = []
 
-    def attach(self, mapping: Any) -> None:
-        """Give the ring its page, a writable buffer (mapped from a vCPU once one exists); owned from now on."""
+    def attach(self, page: memoryview | None) -> None:
+        """Give the ring its page (a view of a vCPU's mapped area, once the first vCPU exists)."""
         with self._lock:
-            self._mapping = mapping
-            self._page = None if mapping is None else memoryview(mapping)
-            self._capacity = 0 if mapping is None else (len(self._page) - _HEADER.size) // _ENTRY.size
+            self._page = None if page is None else memoryview(page)
+            self._capacity = 0 if page is None else (len(self._page) - _HEADER.size) // _ENTRY.size
+
+    def before_close(self, fn: Callable[[], None]) -> None:
+        """Call ``fn`` (e.g. a device's last flush of its queued writes) when the ring closes."""
+        self._before_close.append(fn)
 
     def take(self) -> list[tuple[int, bool, bytes]]:
         """Remove and return the queued writes as ``(address, pio, data)``, oldest first."""
@@ -70,12 +74,13 @@ class CoalescedRing:
             return out
 
     def close(self) -> None:
+        """Run the before-close calls, then let go of the page (before its vCPU unmaps it)."""
+        for fn in self._before_close:
+            fn()
         with self._lock:
             if self._page is not None:
                 self._page.release()
-            if hasattr(self._mapping, "close"):
-                self._mapping.close()
-            self._mapping, self._page, self._capacity = None, None, 0
+            self._page, self._capacity = None, 0
 
 
 class CoalescedPio:

@@ -85,7 +85,8 @@ def _attach_serial(vmm: Vmm, console: ConsoleSpec) -> None:
         batch = CoalescedPio(vmm.resources.vm_fd, vmm.coalesced_ring, SERIAL_PORT_BASE, 1)
     serial = Serial(line, console.sink, on_input_space=resume_input, defer=loop.call_soon, tx_batch=batch)
     vmm.resources.closers.append(serial.flush_output)
-    vmm.resources.closers.append(serial.flush_batched)  # runs first: closers go in reverse
+    if vmm.coalesced_ring is not None:  # the last queued bytes, while the ring can still be read
+        vmm.coalesced_ring.before_close(serial.flush_batched)
     vmm.io_bus.insert(serial, SERIAL_PORT_BASE, SERIAL_PORT_COUNT)
 
     def tick() -> None:

@@ -188,7 +188,7 @@ def test_kvm_coalesced_port_writes_queue_in_the_ring_instead_of_exiting(kvm: Kvm
     ring = CoalescedRing()
     try:
         assert guest.vm.check_extension(KVM_CAP_COALESCED_PIO) > 0
-        ring.attach(guest.vcpu.map_page(guest.vm.check_extension(KVM_CAP_COALESCED_MMIO)))
+        ring.attach(guest.vcpu.shared_page(guest.vm.check_extension(KVM_CAP_COALESCED_MMIO)))
         batch = CoalescedPio(guest.vm, ring, 0x3F8, 1)
         batch.set_active(True)
         vcpu, run = guest.vcpu, guest.vcpu.run_struct
