@@ -1,5 +1,5 @@
 import sys
 
-from firelet.cli.main import main
+from firelet.cli.main import console
 
-sys.exit(main())
+sys.exit(console())

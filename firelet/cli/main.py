@@ -102,6 +102,15 @@ def setup_logging(verbosity: int) -> None:
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+def console() -> int:
+    """The ``firelet`` command's entry point, when firelet is the whole process."""
+    from firelet.cli.lean import VMM_COMMANDS, hide_typing_extensions
+
+    if requested_command(sys.argv[1:]) in VMM_COMMANDS:
+        hide_typing_extensions()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(requested_command(argv))
@@ -135,4 +144,4 @@ def run_command(func, args) -> int:  # noqa: ANN001 - argparse callables
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())

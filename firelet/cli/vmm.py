@@ -57,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def console() -> int:
+    """The ``firelet-vmm`` command's entry point: the process is a VMM (see :mod:`firelet.cli.lean`)."""
+    from firelet.cli.lean import hide_typing_extensions
+
+    hide_typing_extensions()
+    return main()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="firelet-vmm: %(levelname)s %(name)s: %(message)s")
@@ -259,4 +267,4 @@ def _since_process_start_us() -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    sys.exit(console())

@@ -1,0 +1,70 @@
+"""The VMM commands' processes start lean: typing_extensions stays out, msgspec still validates."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BAD_CONFIG = {"boot-source": {"kernel_image_path": "/nonexistent"},
+              "machine-config": {"vcpu_count": 0, "mem_size_mib": 128}}
+ERROR = "machine-config.vcpu_count: expected int >= 1, got 0"
+
+# Runs a console entry point as the whole process would, then reports what got imported.
+_HARNESS = """
+import importlib, sys
+module, sys.argv = sys.argv[1], sys.argv[1:]
+try:
+    code = importlib.import_module(module).console()
+finally:
+    loaded = sys.modules.get("typing_extensions") is not None
+    try:
+        import typing_extensions
+        importable = True
+    except ImportError:
+        importable = False
+    print("typing_extensions:", loaded, importable, "msgspec:", "msgspec" in sys.modules)
+sys.exit(code)
+"""
+
+
+@pytest.fixture
+def bad_config(tmp_path: Path) -> Path:
+    path = tmp_path / "vm.json"
+    path.write_text(json.dumps(BAD_CONFIG))
+    return path
+
+
+def _console(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _HARNESS, module, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_typing_extensions_is_installed_here() -> None:
+    # Otherwise the tests below would pass for the wrong reason.
+    assert importlib.util.find_spec("typing_extensions") is not None
+
+
+def test_firelet_run_keeps_typing_extensions_out(bad_config: Path) -> None:
+    result = _console("firelet.cli.main", "run", "--config-file", str(bad_config))
+    assert result.stdout.strip() == "typing_extensions: False False msgspec: True"
+    assert result.returncode == 2 and ERROR in result.stderr
+
+
+def test_firelet_vmm_keeps_typing_extensions_out(bad_config: Path) -> None:
+    result = _console("firelet.cli.vmm", "--no-api", "--config-file", str(bad_config))
+    assert result.stdout.strip() == "typing_extensions: False False msgspec: True"
+    assert result.returncode != 0 and ERROR in result.stderr
+
+
+def test_other_commands_leave_it_importable() -> None:
+    result = _console("firelet.cli.main", "build", "--help")
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[-1] == "typing_extensions: False True msgspec: False"
+
+
+def test_library_use_leaves_it_importable() -> None:
+    result = subprocess.run([sys.executable, "-c", "import firelet.vmm.config, typing_extensions"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
