@@ -30,6 +30,32 @@ ROOT_CACHE = "loose"
 # Where the per-run command script sits inside the chroot (a tmpfs).
 CMD_SCRIPT = "/run/firelet-rig/cmd.sh"
 
+# The outer kernel rewrites its own code (static keys, with int3 breakpoints and IPIs) when
+# KVM's first VM appears and when its last one goes: the preempt-notifier key that
+# finish_task_switch() tests, the LAPIC keys, hardware enable on every CPU. Under QEMU's
+# multi-threaded TCG that live patching sometimes leaves both outer CPUs stuck at the patched
+# site in finish_task_switch (RCU stall, soft lockups: the rig hangs) - twice per guest boot,
+# ~1-5% of boots. One VM with one vCPU held open for the rig's life keeps those keys on, so
+# guests come and go without any patching. ioctl numbers from linux/kvm.h.
+KVM_KEEPER = """\
+import fcntl, os, signal, sys
+KVM_CREATE_VM, KVM_CREATE_IRQCHIP, KVM_CREATE_VCPU = 0xAE01, 0xAE60, 0xAE41
+try:
+    kvm = os.open("/dev/kvm", os.O_RDWR)
+    vm = fcntl.ioctl(kvm, KVM_CREATE_VM, 0)
+    fcntl.ioctl(vm, KVM_CREATE_IRQCHIP, 0)
+    fcntl.ioctl(vm, KVM_CREATE_VCPU, 0)
+except OSError as exc:
+    sys.exit(f"firelet-rig: no KVM keeper VM ({exc.strerror}); guests may hang the rig")
+if os.fork() == 0:
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    while True:
+        signal.pause()
+"""
+
 # Variables that describe the caller's shell rather than what the command needs.
 _ENV_SKIP = frozenset({"PWD", "OLDPWD", "SHLVL", "_", "LINES", "COLUMNS"})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -131,6 +157,7 @@ def init_script(spec: RunSpec) -> str:
         f"cp /rig/cmd.sh /host{CMD_SCRIPT}",
         *([f"( while :; do echo > /dev/ttyS1; sleep {HEARTBEAT_PERIOD_S}; done ) </dev/null >/dev/null 2>&1 &"]
           if spec.heartbeat else []),
+        f"chroot /host /usr/bin/python3 -c {q(KVM_KEEPER)} </dev/null",
         f"echo '{START_MARKER} {spec.nonce}'",
         # New session with the serial port as controlling tty; only the script's own environment.
         f"setsid -c env -i chroot /host /bin/sh {CMD_SCRIPT}",

@@ -94,3 +94,15 @@ def test_the_heartbeat_starts_before_the_command_and_goes_to_the_second_port() -
     script = init_script(_spec(heartbeat=True))
     assert script.index("/dev/ttyS1") < script.index(START_MARKER)
     assert "/dev/ttyS1" not in init_script(_spec())
+
+
+def test_the_kvm_keeper_starts_before_the_command_and_holds_its_vm() -> None:
+    from firelet.nested.init_script import KVM_KEEPER
+
+    lines = init_script(_spec()).splitlines()
+    keeper = next(i for i, line in enumerate(lines) if line.startswith("chroot /host /usr/bin/python3 -c"))
+    command = next(i for i, line in enumerate(lines) if line.startswith("setsid -c env -i chroot /host"))
+    assert keeper < command
+    compile(KVM_KEEPER, "<keeper>", "exec")  # a syntax error would only show inside the rig
+    # The parent returns once the VM exists (init waits for it); the child holds the fds.
+    assert "os.fork() == 0" in KVM_KEEPER and "signal.pause()" in KVM_KEEPER
