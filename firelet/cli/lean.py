@@ -4,6 +4,7 @@ Only the console scripts (and ``python -m firelet``) call this, never library co
 changes ``sys.modules`` for the whole process.
 """
 
+import gc
 import sys
 
 #: Sub-commands whose process is a VMM: their start is the microVM's boot time.
@@ -19,3 +20,28 @@ def hide_typing_extensions() -> None:
     rig its import (with ``inspect``, ``ast``, ``dis``...) was ~0.1 s of the VMM's start.
     """
     sys.modules.setdefault("typing_extensions", None)  # type: ignore[arg-type]
+
+
+_gc_deferred = False
+
+
+def defer_gc() -> None:
+    """Turn the cyclic garbage collector off until :func:`resume_gc`, i.e. while the VMM starts.
+
+    Importing and building allocate hundreds of thousands of long-lived objects and
+    nearly no garbage, yet each 700 allocations trigger a collection: ~5% of the
+    imports' time on the host, more under the rig's emulated CPU.
+    """
+    global _gc_deferred
+    if gc.isenabled():
+        gc.disable()
+        _gc_deferred = True
+
+
+def resume_gc() -> None:
+    """Once the VM runs: freeze what start-up made (later collections skip it), collect again."""
+    global _gc_deferred
+    if _gc_deferred:
+        _gc_deferred = False
+        gc.freeze()
+        gc.enable()

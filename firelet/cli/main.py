@@ -104,10 +104,11 @@ def setup_logging(verbosity: int) -> None:
 
 def console() -> int:
     """The ``firelet`` command's entry point, when firelet is the whole process."""
-    from firelet.cli.lean import VMM_COMMANDS, hide_typing_extensions
+    from firelet.cli.lean import VMM_COMMANDS, defer_gc, hide_typing_extensions
 
     if requested_command(sys.argv[1:]) in VMM_COMMANDS:
         hide_typing_extensions()
+        defer_gc()
     return main()
 
 

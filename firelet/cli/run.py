@@ -112,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_foreground(vm: Any, *, timeout: float | None, interactive: bool) -> int:
     """Start ``vm``, wait for its end with Ctrl-C/SIGTERM stopping it cleanly, report the outcome."""
+    from firelet.cli.lean import resume_gc
     from firelet.cli.terminal import raw_terminal
     from firelet.vmm.exits import ExitKind, VmExit
 
@@ -127,6 +128,7 @@ def run_foreground(vm: Any, *, timeout: float | None, interactive: bool) -> int:
     try:
         with raw_terminal(interactive):
             vm.start()
+            resume_gc()  # deferred by the console entry point while the VMM started
             if stop_requested:  # the signal came while the VM was being built
                 vm.vmm.stop(stop_requested[0])
             deadline = None if timeout is None else _now() + timeout

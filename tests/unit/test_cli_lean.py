@@ -68,3 +68,40 @@ def test_library_use_leaves_it_importable() -> None:
     result = subprocess.run([sys.executable, "-c", "import firelet.vmm.config, typing_extensions"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def _python(code: str) -> str:
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_gc_is_deferred_while_starting_then_frozen_and_back_on() -> None:
+    out = _python(
+        "import gc; from firelet.cli import lean\n"
+        "lean.defer_gc(); off = gc.isenabled()\n"
+        "junk = [object() for _ in range(1000)]\n"
+        "lean.resume_gc(); print(off, gc.isenabled(), gc.get_freeze_count() > 1000)\n"
+        "lean.resume_gc(); print(gc.isenabled())"
+    )
+    assert out.splitlines() == ["False True True", "True"]
+
+
+def test_gc_left_alone_when_the_program_had_turned_it_off() -> None:
+    out = _python(
+        "import gc; gc.disable(); from firelet.cli import lean\n"
+        "lean.defer_gc(); lean.resume_gc(); print(gc.isenabled(), gc.get_freeze_count())"
+    )
+    assert out == "False 0"
+
+
+def test_firelet_run_defers_gc_only_for_vmm_commands(bad_config: Path) -> None:
+    code = ("import gc, sys; from firelet.cli.main import console\n"
+            "sys.argv = ['firelet', *sys.argv[1:]]\n"
+            "try:\n    console()\nexcept SystemExit:\n    pass\n"
+            "print(gc.isenabled())")
+    run = subprocess.run([sys.executable, "-c", code, "run", "--config-file", str(bad_config)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.stdout.strip() == "False"  # failed before the VM started: the process just ends
+    build = subprocess.run([sys.executable, "-c", code, "build", "--help"], capture_output=True, text=True, timeout=60)
+    assert build.stdout.strip().splitlines()[-1] == "True"
