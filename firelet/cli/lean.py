@@ -5,6 +5,7 @@ changes ``sys.modules`` for the whole process.
 """
 
 import gc
+import os
 import sys
 
 #: Sub-commands whose process is a VMM: their start is the microVM's boot time.
@@ -20,6 +21,22 @@ def hide_typing_extensions() -> None:
     rig its import (with ``inspect``, ``ast``, ``dis``...) was ~0.1 s of the VMM's start.
     """
     sys.modules.setdefault("typing_extensions", None)  # type: ignore[arg-type]
+
+
+def skip_message_catalog_search() -> None:
+    """Spare argparse's gettext its catalog search when the language is C anyway.
+
+    argparse asks gettext for each message it builds, and with ``LANG=C.UTF-8`` (no
+    ``LANGUAGE``) gettext looks for ``C.UTF-8`` catalogs on disk at every call, only to
+    fall back to the untranslated text: in the rig that was ~25 ms of the VMM's start.
+    ``LANGUAGE=C`` gives the same untranslated text without the search. Any other
+    language is left as it is.
+    """
+    if os.environ.get("LANGUAGE"):
+        return
+    language = next((os.environ[v] for v in ("LC_ALL", "LC_MESSAGES", "LANG") if os.environ.get(v)), "C")
+    if language in ("C", "POSIX") or language.startswith("C."):
+        os.environ["LANGUAGE"] = "C"
 
 
 _gc_deferred = False

@@ -104,11 +104,12 @@ def setup_logging(verbosity: int) -> None:
 
 def console() -> int:
     """The ``firelet`` command's entry point, when firelet is the whole process."""
-    from firelet.cli.lean import VMM_COMMANDS, defer_gc, hide_typing_extensions
+    from firelet.cli import lean
 
-    if requested_command(sys.argv[1:]) in VMM_COMMANDS:
-        hide_typing_extensions()
-        defer_gc()
+    if requested_command(sys.argv[1:]) in lean.VMM_COMMANDS:
+        lean.hide_typing_extensions()
+        lean.skip_message_catalog_search()
+        lean.defer_gc()
     return main()
 
 

@@ -11,7 +11,6 @@ any KVM object is made.
 from __future__ import annotations
 
 import os
-import shlex
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
@@ -119,13 +118,34 @@ def boot_cmdline(config: VmConfig, device_args: list[str]) -> str:
     args = config.boot_source.boot_args
     parts = [args if args is not None else DEFAULT_BOOT_ARGS]
     root = next((d for d in config.drives if d.is_root_device), None)
-    words = shlex.split(parts[0]) if parts[0] else []
+    words = cmdline_words(parts[0]) if parts[0] else []
     if root is not None and not any(w.startswith("root=") for w in words):
         # As Firecracker: the root drive is the first virtio-blk device, /dev/vda.
         target = f"PARTUUID={root.partuuid}" if root.partuuid else "/dev/vda"
         parts.append(f"root={target} {'ro' if root.is_read_only else 'rw'}")
     parts.extend(device_args)
     return " ".join(p for p in parts if p)
+
+
+def cmdline_words(cmdline: str) -> list[str]:
+    """The words of a kernel command line as Linux splits it (lib/cmdline.c, ``next_arg``):
+    at whitespace outside double quotes, the quotes removed. (shlex would also honour single
+    quotes and backslashes, which the kernel does not.)"""
+    words: list[str] = []
+    word: list[str] = []
+    quoted = False
+    for ch in cmdline:
+        if ch == '"':
+            quoted = not quoted
+        elif ch.isspace() and not quoted:
+            if word:
+                words.append("".join(word))
+                word = []
+        else:
+            word.append(ch)
+    if word:
+        words.append("".join(word))
+    return words
 
 
 def ordered_drives(drives: list[Drive]) -> list[Drive]:
@@ -155,6 +175,7 @@ def build_vmm(
     # one imports the KVM bindings and sets up the VM and its devices. In the rig it took
     # ~0.25 s and had kept the vCPU waiting ~0.15 s when it started after KVM_CREATE_VM.
     loading = _Background(lambda: _read_images(memory, config))
+    registering: _Background | None = None
     try:
         from firelet.kvm import Kvm, install_kick_handler
         from firelet.kvm.ioctls import KVM_CAP_COALESCED_PIO
@@ -178,15 +199,22 @@ def build_vmm(
             vmm.coalesced_ring = CoalescedRing()
         from firelet.vmm.device_manager import attach_devices
 
-        device_args = attach_devices(vmm, config, console)
+        slow_registrations: list[Callable[[], None]] = []
+        device_args = attach_devices(vmm, config, console, later=slow_registrations)
+        if slow_registrations:  # each waits out a grace period in the kernel (GIL released)
+            registering = _Background(lambda: [register() for register in slow_registrations])
         cmdline = boot_cmdline(config, device_args)
         kernel, initrd = loading.result()
         _load_guest(vmm, config, cmdline, kernel, initrd)
         _ensure_kick_handler(install_kick_handler)
         _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count)
+        if registering is not None:
+            registering.result()
         return vmm
     except BaseException:
         loading.join()  # it writes into guest RAM, which the closers unmap
+        if registering is not None:
+            registering.join()  # it registers fds the closers close
         for closer in reversed(closers):
             try:
                 closer()

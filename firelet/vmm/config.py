@@ -44,7 +44,7 @@ MMDS_DEFAULT_IPV4 = "169.254.169.254"
 CpuTemplate = Literal["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"]
 LOG_LEVELS = ("Error", "Warning", "Info", "Debug", "Trace", "Off")
 
-_MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+_MAC = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"  # compiled on first use: most VMs have no NIC
 
 
 class Model(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -184,7 +184,7 @@ class NetworkInterface(Model):
         _check_id("iface_id", self.iface_id)
         if not self.host_dev_name or len(self.host_dev_name) > 15:  # IFNAMSIZ - 1 (linux/if.h)
             raise ValueError(f"host_dev_name: expected 1 to 15 characters, got {self.host_dev_name!r}")
-        if self.guest_mac is not None and not _MAC_RE.match(self.guest_mac):
+        if self.guest_mac is not None and not re.fullmatch(_MAC, self.guest_mac):
             raise ValueError(f"guest_mac: expected a MAC like 06:00:ac:10:00:02, got {self.guest_mac!r}")
 
 

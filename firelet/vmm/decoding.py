@@ -21,15 +21,17 @@ class ConfigError(UsageError):
     """A configuration file or API body that does not describe a valid microVM."""
 
 
-_AT_RE = re.compile(r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
-_FIELD_MSG_RE = re.compile(r"^(?P<field>[A-Za-z_][\w.-]*): (?P<rest>.*)$", re.S)
-_PATH_PART_RE = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+# Patterns, not compiled objects: they serve error messages only, so the VMM's start does
+# not pay for compiling them (re compiles and caches each on first use).
+_AT = r"^(?P<msg>.*?)(?: - at `\$(?P<path>[^`]*)`)?$"
+_FIELD_MSG = r"^(?P<field>[A-Za-z_][\w.-]*): (?P<rest>.*)$"
+_PATH_PART = r"\.([^.\[]+)|\[(\d+)\]"
 
 
 def _lookup(raw: Any, path: str) -> tuple[bool, Any]:
     """The value at a msgspec error path (``.a.b[0].c``) inside the raw document."""
     node = raw
-    for key, index in _PATH_PART_RE.findall(path):
+    for key, index in re.findall(_PATH_PART, path):
         try:
             node = node[int(index)] if index else node[key]
         except (KeyError, IndexError, TypeError):
@@ -44,10 +46,10 @@ def _describe(value: Any) -> str:
 
 def format_validation_error(exc: msgspec.ValidationError | ValueError, data: bytes | None = None) -> str:
     """msgspec's ``Expected `int` >= 1 - at `$.machine-config.vcpu_count``` as ``machine-config.vcpu_count: expected int >= 1, got 0``."""
-    match = _AT_RE.match(str(exc))
+    match = re.match(_AT, str(exc), re.S)
     assert match is not None  # the pattern matches any string
     msg, path = match.group("msg"), match.group("path") or ""
-    field_msg = _FIELD_MSG_RE.match(msg)
+    field_msg = re.match(_FIELD_MSG, msg, re.S)
     if field_msg:  # a __post_init__ message that already names its field
         path = f"{path}.{field_msg.group('field')}"
         msg = field_msg.group("rest")

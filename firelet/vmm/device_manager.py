@@ -11,6 +11,8 @@ guest kick never stops a vCPU in Python.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from firelet.devices.interrupt import EventFdInterrupt
@@ -46,8 +48,14 @@ def _irq_line(vmm: Vmm, gsi: int) -> EventFdInterrupt:
     return line
 
 
-def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec) -> list[str]:
-    """Create and wire every device; returns the kernel command-line fragments they need."""
+def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec,
+                   later: list[Callable[[], None]] | None = None) -> list[str]:
+    """Create and wire every device; returns the kernel command-line fragments they need.
+
+    KVM registrations that wait in the kernel rather than work (an ioeventfd waits out an
+    SRCU grace period: ~28 ms each in the rig) go to ``later`` when it is given, for the
+    builder to run on a helper thread meanwhile; it must run them before the vCPUs start.
+    """
     _attach_serial(vmm, console)
     _attach_i8042(vmm)
     args: list[str] = []
@@ -60,7 +68,7 @@ def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec) -> list[str
         device = Block(drive.path_on_host, read_only=bool(drive.is_read_only), drive_id=drive.drive_id)
         vmm.resources.closers.append(device.close)
         vmm.devices[f"block:{drive.drive_id}"] = device
-        args.append(_attach_virtio(vmm, device, slot))
+        args.append(_attach_virtio(vmm, device, slot, later))
         slot += 1
     return args
 
@@ -126,7 +134,7 @@ def _attach_i8042(vmm: Vmm) -> None:
     vmm.devices["i8042"] = device
 
 
-def _attach_virtio(vmm: Vmm, device: Any, slot: int) -> str:
+def _attach_virtio(vmm: Vmm, device: Any, slot: int, later: list[Callable[[], None]] | None = None) -> str:
     from firelet.devices.virtio.mmio import MmioTransport, kernel_cmdline_fragment
 
     base = layout.VIRTIO_MMIO_START + slot * layout.VIRTIO_MMIO_SIZE
@@ -140,6 +148,11 @@ def _attach_virtio(vmm: Vmm, device: Any, slot: int) -> str:
     for index in range(transport.queue_count):
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         vmm.resources.closers.append(lambda fd=fd: os.close(fd))
-        vmm.resources.vm_fd.register_ioeventfd(fd, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4, datamatch=index)
+        register = partial(vmm.resources.vm_fd.register_ioeventfd, fd, base + VIRTIO_MMIO_QUEUE_NOTIFY, 4,
+                           datamatch=index)
+        if later is None:
+            register()
+        else:
+            later.append(register)
         vmm.event_loop.add_eventfd(fd, lambda index=index: transport.notify(index))
     return kernel_cmdline_fragment(base, irq)

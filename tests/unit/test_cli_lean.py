@@ -105,3 +105,34 @@ def test_firelet_run_defers_gc_only_for_vmm_commands(bad_config: Path) -> None:
     assert run.stdout.strip() == "False"  # failed before the VM started: the process just ends
     build = subprocess.run([sys.executable, "-c", code, "build", "--help"], capture_output=True, text=True, timeout=60)
     assert build.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.parametrize(("env", "language"), [
+    ({"LANG": "C.UTF-8"}, "C"),
+    ({"LC_ALL": "POSIX", "LANG": "de_DE.UTF-8"}, "C"),
+    ({}, "C"),
+    ({"LANG": "de_DE.UTF-8"}, None),
+    ({"LANGUAGE": "fr", "LANG": "C.UTF-8"}, "fr"),
+])
+def test_message_catalogs_skipped_only_for_the_c_language(env: dict[str, str], language: str | None) -> None:
+    base = {k: v for k, v in __import__("os").environ.items() if k not in ("LANG", "LANGUAGE", "LC_ALL", "LC_MESSAGES")}
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; from firelet.cli import lean; lean.skip_message_catalog_search(); "
+                               "print(os.environ.get('LANGUAGE'))"],
+        capture_output=True, text=True, timeout=60, env={**base, **env},
+    ).stdout.strip()
+    assert out == str(language)
+
+
+def test_argparse_finds_no_catalog_files_after_the_skip(tmp_path: Path) -> None:
+    code = ("import gettext, os, sys; from firelet.cli import lean; lean.skip_message_catalog_search()\n"
+            "looked = []\n"
+            "real = os.path.exists\n"
+            "os.path.exists = lambda p: looked.append(p) or real(p)\n"
+            "import argparse; argparse.ArgumentParser(prog='x').add_argument('--y')\n"
+            "print(len(looked))")
+    base = {k: v for k, v in __import__("os").environ.items() if k not in ("LANGUAGE", "LC_ALL", "LC_MESSAGES")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={**base, "LANG": "C.UTF-8"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "0"
