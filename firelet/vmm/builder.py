@@ -11,6 +11,7 @@ any KVM object is made.
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import msgspec
@@ -175,7 +176,7 @@ def build_vmm(
     # one imports the KVM bindings and sets up the VM and its devices. In the rig it took
     # ~0.25 s and had kept the vCPU waiting ~0.15 s when it started after KVM_CREATE_VM.
     loading = _Background(lambda: _read_images(memory, config))
-    registering: _Background | None = None
+    waits: KernelWaits | None = None
     try:
         from firelet.kvm import Kvm, install_kick_handler
         from firelet.kvm.ioctls import KVM_CAP_COALESCED_PIO
@@ -188,7 +189,8 @@ def build_vmm(
         vm_fd = kvm.create_vm()
         closers.append(vm_fd.close)
         resources = VmmResources(kvm, vm_fd, memory, closers)
-        _setup_vm(vm_fd, memory)
+        waits = KernelWaits()
+        _setup_vm(vm_fd, memory, waits)
         loop = event_loop if event_loop is not None else EventLoop()
         closers.append(loop.close)
         gate = VcpuGate()
@@ -199,22 +201,18 @@ def build_vmm(
             vmm.coalesced_ring = CoalescedRing()
         from firelet.vmm.device_manager import attach_devices
 
-        slow_registrations: list[Callable[[], None]] = []
-        device_args = attach_devices(vmm, config, console, later=slow_registrations)
-        if slow_registrations:  # each waits out a grace period in the kernel (GIL released)
-            registering = _Background(lambda: [register() for register in slow_registrations])
+        device_args = attach_devices(vmm, config, console, later=waits.add)
         cmdline = boot_cmdline(config, device_args)
         kernel, initrd = loading.result()
         _load_guest(vmm, config, cmdline, kernel, initrd)
         _ensure_kick_handler(install_kick_handler)
         _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count)
-        if registering is not None:
-            registering.result()
+        waits.finish()  # before any vCPU runs: memory, PIT and I/O registrations all in place
         return vmm
     except BaseException:
         loading.join()  # it writes into guest RAM, which the closers unmap
-        if registering is not None:
-            registering.join()  # it registers fds the closers close
+        if waits is not None:
+            waits.join()  # its calls use the fds the closers close
         for closer in reversed(closers):
             try:
                 closer()
@@ -239,13 +237,59 @@ def _ensure_kick_handler(install: Callable[[], None]) -> None:
         )
 
 
-def _setup_vm(vm_fd: Any, memory: Any) -> None:
+def _setup_vm(vm_fd: Any, memory: Any, waits: KernelWaits) -> None:
     vm_fd.set_tss_addr(layout.KVM_TSS_START)
     vm_fd.set_identity_map_addr(layout.KVM_IDENTITY_MAP_START)
-    for slot, region in enumerate(memory.regions):
-        vm_fd.set_user_memory_region(slot, region.guest_addr, region.size, region.host_addr)
-    vm_fd.create_irqchip()
-    vm_fd.create_pit2()
+    vm_fd.create_irqchip()  # now: irqfds (the devices) and vCPUs need it
+    for slot, region in enumerate(memory.regions):  # needed only once a vCPU runs
+        waits.add(partial(vm_fd.set_user_memory_region, slot, region.guest_addr, region.size, region.host_addr))
+    waits.add(vm_fd.create_pit2)
+
+
+class KernelWaits:
+    """KVM calls that mostly wait in the kernel, run in order on one helper thread.
+
+    Each change to a VM's memory slots or I/O buses waits out an SRCU grace period
+    (5-60 ms each in the rig, where the build makes about six); meanwhile this thread
+    goes on building in Python. :meth:`finish` waits for them and re-raises the first
+    failure; the vCPUs must not run before it returns.
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self._cond = threading.Condition()
+        self._calls: list[Callable[[], Any] | None] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="firelet-kvm-setup", daemon=True)
+        self._thread.start()
+
+    def add(self, call: Callable[[], Any]) -> None:
+        with self._cond:
+            self._calls.append(call)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._calls)
+                call = self._calls.pop(0)
+            if call is None:
+                return
+            if self._error is None:
+                try:
+                    call()
+                except BaseException as exc:  # handed to the builder by finish()
+                    self._error = exc
+
+    def join(self) -> None:
+        self.add(None)  # type: ignore[arg-type] - the end marker
+        self._thread.join()
+
+    def finish(self) -> None:
+        self.join()
+        if self._error is not None:
+            raise self._error
 
 
 class _Background:

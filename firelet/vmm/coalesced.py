@@ -91,16 +91,27 @@ class CoalescedPio:
     lock before it serves any other access, so replayed writes land in order.
     """
 
-    def __init__(self, vm_fd: Any, ring: CoalescedRing, base: int, size: int) -> None:
+    def __init__(self, vm_fd: Any, ring: CoalescedRing, base: int, size: int,
+                 defer_first: Callable[[Callable[[], object]], None] | None = None) -> None:
         self._vm_fd = vm_fd
         self._ring = ring
         self.base, self.size = base, size
         self.active = False
+        #: Hands the first registration to the builder's helper thread (before any vCPU runs).
+        self._defer_first = defer_first
 
     def set_active(self, active: bool) -> None:
         """Register (True) or unregister (False) the ports with KVM; a failure leaves batching off."""
         if active == self.active:
             return
+        defer, self._defer_first = self._defer_first, None
+        if active and defer is not None:
+            self.active = True  # nothing reaches the ring before the registration is done
+            defer(lambda: self._register(True))
+            return
+        self._register(active)
+
+    def _register(self, active: bool) -> None:
         try:
             if active:
                 self._vm_fd.register_coalesced_io(self.base, self.size, pio=True)

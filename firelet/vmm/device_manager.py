@@ -49,14 +49,15 @@ def _irq_line(vmm: Vmm, gsi: int) -> EventFdInterrupt:
 
 
 def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec,
-                   later: list[Callable[[], None]] | None = None) -> list[str]:
+                   later: Callable[[Callable[[], object]], None] | None = None) -> list[str]:
     """Create and wire every device; returns the kernel command-line fragments they need.
 
-    KVM registrations that wait in the kernel rather than work (an ioeventfd waits out an
-    SRCU grace period: ~28 ms each in the rig) go to ``later`` when it is given, for the
-    builder to run on a helper thread meanwhile; it must run them before the vCPUs start.
+    KVM registrations that wait in the kernel rather than work (an ioeventfd or a
+    coalesced zone waits out an SRCU grace period: 10-60 ms each in the rig) are handed
+    to ``later`` when it is given, for the builder to run on a helper thread meanwhile;
+    they must be done before the vCPUs start.
     """
-    _attach_serial(vmm, console)
+    _attach_serial(vmm, console, later)
     _attach_i8042(vmm)
     args: list[str] = []
     slot = 0
@@ -73,7 +74,7 @@ def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec,
     return args
 
 
-def _attach_serial(vmm: Vmm, console: ConsoleSpec) -> None:
+def _attach_serial(vmm: Vmm, console: ConsoleSpec, later: Callable[[Callable[[], object]], None] | None) -> None:
     from firelet.devices.legacy.serial import Serial
 
     line = _irq_line(vmm, SERIAL_IRQ)
@@ -90,7 +91,7 @@ def _attach_serial(vmm: Vmm, console: ConsoleSpec) -> None:
     if vmm.coalesced_ring is not None:  # THR writes queue in KVM while THRE interrupts are off
         from firelet.vmm.coalesced import CoalescedPio
 
-        batch = CoalescedPio(vmm.resources.vm_fd, vmm.coalesced_ring, SERIAL_PORT_BASE, 1)
+        batch = CoalescedPio(vmm.resources.vm_fd, vmm.coalesced_ring, SERIAL_PORT_BASE, 1, defer_first=later)
     serial = Serial(line, console.sink, on_input_space=resume_input, defer=loop.call_soon, tx_batch=batch)
     vmm.resources.closers.append(serial.flush_output)
     if vmm.coalesced_ring is not None:  # the last queued bytes, while the ring can still be read
@@ -134,7 +135,8 @@ def _attach_i8042(vmm: Vmm) -> None:
     vmm.devices["i8042"] = device
 
 
-def _attach_virtio(vmm: Vmm, device: Any, slot: int, later: list[Callable[[], None]] | None = None) -> str:
+def _attach_virtio(vmm: Vmm, device: Any, slot: int,
+                   later: Callable[[Callable[[], object]], None] | None = None) -> str:
     from firelet.devices.virtio.mmio import MmioTransport, kernel_cmdline_fragment
 
     base = layout.VIRTIO_MMIO_START + slot * layout.VIRTIO_MMIO_SIZE
@@ -153,6 +155,6 @@ def _attach_virtio(vmm: Vmm, device: Any, slot: int, later: list[Callable[[], No
         if later is None:
             register()
         else:
-            later.append(register)
+            later(register)
         vmm.event_loop.add_eventfd(fd, lambda index=index: transport.notify(index))
     return kernel_cmdline_fragment(base, irq)

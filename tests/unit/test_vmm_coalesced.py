@@ -71,3 +71,15 @@ def test_pio_batch_registers_and_unregisters_its_ports_once_per_change() -> None
     for active in (True, True, False, False, True):
         batch.set_active(active)
     assert vm.calls == [("register", 0x3F8, 1, True), ("unregister", 0x3F8, 1, True), ("register", 0x3F8, 1, True)]
+
+
+def test_first_registration_can_be_deferred_to_the_builder() -> None:
+    vm = _VmFd()
+    deferred: list = []
+    pio = CoalescedPio(vm, CoalescedRing(), 0x3F8, 1, defer_first=deferred.append)
+    pio.set_active(True)
+    assert pio.active and vm.calls == [] and len(deferred) == 1
+    deferred[0]()  # the builder's helper thread, before any vCPU runs
+    assert vm.calls == [("register", 0x3F8, 1, True)]
+    pio.set_active(False)  # later switches are immediate
+    assert vm.calls[-1] == ("unregister", 0x3F8, 1, True) and not pio.active

@@ -1,9 +1,11 @@
-"""The guest command line the builder writes: the kernel's word splitting, root= and devices."""
+"""Builder logic without a VM: the guest command line (the kernel's word splitting, root=), kernel waits."""
+
+import threading
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.vmm.builder import boot_cmdline, cmdline_words
+from firelet.vmm.builder import KernelWaits, boot_cmdline, cmdline_words
 from firelet.vmm.config import convert, VmConfig
 
 
@@ -33,3 +35,26 @@ def test_root_is_added_unless_the_user_gave_one() -> None:
     assert boot_cmdline(_config("root=/dev/vdb rw"), []) == "root=/dev/vdb rw"
     assert boot_cmdline(_config('x="y root=z"'), []) == 'x="y root=z" root=/dev/vda rw'
     assert boot_cmdline(_config("quiet", partuuid="1234-01"), []) == "quiet root=PARTUUID=1234-01 rw"
+
+
+def test_kernel_waits_run_in_order_on_another_thread_and_report_the_first_failure() -> None:
+    seen: list[tuple[str, bool]] = []
+    waits = KernelWaits()
+    for name in ("memory", "pit", "ioeventfd"):
+        waits.add(lambda name=name: seen.append((name, threading.current_thread() is threading.main_thread())))
+    waits.finish()
+    assert seen == [("memory", False), ("pit", False), ("ioeventfd", False)]
+
+    def fail() -> None:
+        raise OSError("EEXIST")
+
+    waits = KernelWaits()
+    waits.add(fail)
+    waits.add(lambda: seen.append(("after a failure", False)))
+    try:
+        waits.finish()
+    except OSError as exc:
+        assert str(exc) == "EEXIST"
+    else:
+        raise AssertionError("the failure was not re-raised")
+    assert seen[-1] == ("ioeventfd", False)  # nothing runs after the first failure
