@@ -199,15 +199,19 @@ def build_vmm(
             from firelet.vmm.coalesced import CoalescedRing
 
             vmm.coalesced_ring = CoalescedRing()
-        from firelet.vmm.device_manager import attach_devices
+        from firelet.vmm.device_manager import attach_devices, device_cmdline, plan_virtio, planned_ranges
 
-        device_args = attach_devices(vmm, config, console, later=waits.add)
-        cmdline = boot_cmdline(config, device_args)
+        plan = plan_virtio(config)
+        gate.pending_io, gate.pending_mmio = planned_ranges(plan)
+        cmdline = boot_cmdline(config, device_cmdline(plan))
         kernel, initrd = loading.result()
         _load_guest(vmm, config, cmdline, kernel, initrd)
         _ensure_kick_handler(install_kick_handler)
         _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count)
         waits.finish()  # before any vCPU runs: memory, PIT and I/O registrations all in place
+        # The devices are made as the vCPUs start (Vmm.start): the guest runs its first
+        # instructions meanwhile and waits at its first device access until they are ready.
+        vmm.attach_on_start(lambda: attach_devices(vmm, config, console, plan=plan))
         return vmm
     except BaseException:
         loading.join()  # it writes into guest RAM, which the closers unmap

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from firelet.devices.interrupt import EventFdInterrupt
 from firelet.errors import UsageError
@@ -23,7 +23,7 @@ from firelet.vmm.exits import ExitKind, VmExit
 
 if TYPE_CHECKING:  # pragma: no cover
     from firelet.vmm.builder import ConsoleSpec
-    from firelet.vmm.config import VmConfig
+    from firelet.vmm.config import Drive, VmConfig
     from firelet.vmm.vmm import Vmm
 
 log = get_logger(__name__)
@@ -48,30 +48,65 @@ def _irq_line(vmm: Vmm, gsi: int) -> EventFdInterrupt:
     return line
 
 
+class VirtioSlot(NamedTuple):
+    """Where one virtio device lives: its 4 KiB MMIO window and its IRQ."""
+
+    base: int
+    irq: int
+
+
+def plan_virtio(config: VmConfig) -> list[tuple[Drive, VirtioSlot]]:
+    """Each virtio device's window and IRQ, in order (the root drive first: /dev/vda).
+
+    Known before any device exists, so the kernel command line can announce them
+    while the devices themselves are still being made.
+    """
+    from firelet.vmm.builder import ordered_drives
+
+    plan = []
+    for index, drive in enumerate(ordered_drives(config.drives)):
+        irq = layout.IRQ_BASE + index
+        if irq > layout.IRQ_MAX:
+            raise UsageError(f"too many virtio devices: at most {layout.IRQ_MAX - layout.IRQ_BASE + 1}")
+        plan.append((drive, VirtioSlot(layout.VIRTIO_MMIO_START + index * layout.VIRTIO_MMIO_SIZE, irq)))
+    return plan
+
+
+def planned_ranges(plan: list[tuple[Drive, VirtioSlot]]) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """``(port ranges, MMIO ranges)`` the devices will own, as ``(start, end)`` pairs."""
+    from firelet.devices.legacy.i8042 import COMMAND_PORT, DATA_PORT
+
+    ports = ((SERIAL_PORT_BASE, SERIAL_PORT_BASE + SERIAL_PORT_COUNT), (DATA_PORT, DATA_PORT + 1),
+             (COMMAND_PORT, COMMAND_PORT + 1))
+    return ports, tuple((slot.base, slot.base + layout.VIRTIO_MMIO_SIZE) for _, slot in plan)
+
+
+def device_cmdline(plan: list[tuple[Drive, VirtioSlot]]) -> list[str]:
+    """The kernel command-line fragments that announce the planned virtio devices."""
+    return [layout.virtio_mmio_cmdline(slot.base, slot.irq) for _, slot in plan]
+
+
 def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec,
-                   later: Callable[[Callable[[], object]], None] | None = None) -> list[str]:
+                   later: Callable[[Callable[[], object]], None] | None = None,
+                   plan: list[tuple[Drive, VirtioSlot]] | None = None) -> list[str]:
     """Create and wire every device; returns the kernel command-line fragments they need.
 
     KVM registrations that wait in the kernel rather than work (an ioeventfd or a
     coalesced zone waits out an SRCU grace period: 10-60 ms each in the rig) are handed
-    to ``later`` when it is given, for the builder to run on a helper thread meanwhile;
-    they must be done before the vCPUs start.
+    to ``later`` when it is given, for the caller to run on a helper thread meanwhile;
+    they must be done before the guest uses the devices.
     """
+    plan = plan_virtio(config) if plan is None else plan
     _attach_serial(vmm, console, later)
     _attach_i8042(vmm)
-    args: list[str] = []
-    slot = 0
-    from firelet.vmm.builder import ordered_drives
-
-    for drive in ordered_drives(config.drives):
+    for drive, slot in plan:
         from firelet.devices.virtio.block import Block
 
         device = Block(drive.path_on_host, read_only=bool(drive.is_read_only), drive_id=drive.drive_id)
         vmm.resources.closers.append(device.close)
         vmm.devices[f"block:{drive.drive_id}"] = device
-        args.append(_attach_virtio(vmm, device, slot, later))
-        slot += 1
-    return args
+        _attach_virtio(vmm, device, slot, later)
+    return device_cmdline(plan)
 
 
 def _attach_serial(vmm: Vmm, console: ConsoleSpec, later: Callable[[Callable[[], object]], None] | None) -> None:
@@ -135,15 +170,12 @@ def _attach_i8042(vmm: Vmm) -> None:
     vmm.devices["i8042"] = device
 
 
-def _attach_virtio(vmm: Vmm, device: Any, slot: int,
-                   later: Callable[[Callable[[], object]], None] | None = None) -> str:
-    from firelet.devices.virtio.mmio import MmioTransport, kernel_cmdline_fragment
+def _attach_virtio(vmm: Vmm, device: Any, slot: VirtioSlot,
+                   later: Callable[[Callable[[], object]], None] | None = None) -> None:
+    from firelet.devices.virtio.mmio import MmioTransport
 
-    base = layout.VIRTIO_MMIO_START + slot * layout.VIRTIO_MMIO_SIZE
-    irq = layout.IRQ_BASE + slot
-    if irq > layout.IRQ_MAX:
-        raise UsageError(f"too many virtio devices: at most {layout.IRQ_MAX - layout.IRQ_BASE + 1}")
-    line = _irq_line(vmm, irq)
+    base = slot.base
+    line = _irq_line(vmm, slot.irq)
     transport = MmioTransport(vmm.memory, device, line)
     vmm.mmio_bus.insert(transport, base, layout.VIRTIO_MMIO_SIZE)
     vmm.event_loop.every(INTERRUPT_REARM_INTERVAL_S, transport.rearm_interrupt)
@@ -157,4 +189,3 @@ def _attach_virtio(vmm: Vmm, device: Any, slot: int,
         else:
             later(register)
         vmm.event_loop.add_eventfd(fd, lambda index=index: transport.notify(index))
-    return kernel_cmdline_fragment(base, irq)

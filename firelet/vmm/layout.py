@@ -62,6 +62,12 @@ VIRTIO_MMIO_SIZE = 0x1000
 IRQ_BASE = 5
 IRQ_MAX = 23
 
+
+def virtio_mmio_cmdline(base: int, irq: int) -> str:
+    """How Linux learns of a virtio-mmio window without a device tree (the virtio_mmio
+    driver's ``device=<size>@<base>:<irq>`` parameter, drivers/virtio/virtio_mmio.c)."""
+    return f"virtio_mmio.device={VIRTIO_MMIO_SIZE // 1024}K@{base:#x}:{irq}"
+
 #: KVM needs three pages for the TSS and one for the identity map (KVM_SET_TSS_ADDR,
 #: KVM_SET_IDENTITY_MAP_ADDR), inside the gap where no RAM lives.
 KVM_IDENTITY_MAP_START = 0xFFFBC000

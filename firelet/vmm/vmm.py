@@ -60,19 +60,40 @@ class Vmm:
         self._done = threading.Event()
         self._started = False
         self._closed = False
+        self._attach: Callable[[], object] | None = None
         self.boot_time: float | None = None
         event_loop.on_failure = lambda exc: self.finish(VmExit(ExitKind.VMM_ERROR, f"event loop: {exc}"))
 
     # -- lifecycle ----------------------------------------------------------
+    def attach_on_start(self, attach: Callable[[], object]) -> None:
+        """Have :meth:`start` make the devices (``attach``) once the vCPUs run.
+
+        The guest's first instructions need no device: the vCPUs start first, and one
+        that reaches a device access (port I/O or MMIO) waits until ``attach`` is done.
+        In the rig this takes the devices' ~65 ms of Python off the way to the guest's
+        first instruction.
+        """
+        self._attach = attach
+
     def start(self) -> None:
+        """Start the vCPUs, make any pending devices, then serve device events."""
         if self._started:
             raise RuntimeError("microVM already started")
         self._started = True
         self.boot_time = time.monotonic()
-        if self.event_loop.thread is None:
-            self.event_loop.start()
         for vcpu in self.vcpus:
             vcpu.start()
+        attach, self._attach = self._attach, None
+        if attach is not None:
+            try:
+                attach()
+            except BaseException as exc:
+                self.finish(VmExit(ExitKind.VMM_ERROR, f"devices: {exc}"))
+                self.close()
+                raise
+        if self.event_loop.thread is None and not self._done.is_set():
+            self.event_loop.start()
+        self.gate.devices_ready.set()
 
     @property
     def state(self) -> str:
@@ -106,6 +127,7 @@ class Vmm:
         log.info("microVM ended: %s", outcome)
         self.gate.stopping.set()
         self.gate.running.set()
+        self.gate.devices_ready.set()  # a vCPU waiting for devices sees the stop
         for vcpu in self.vcpus:  # the reporting vCPU too: its next KVM_RUN must return at once
             vcpu.kick()
         self.event_loop.stop()

@@ -18,6 +18,7 @@ from firelet.devices.interrupt import Interrupt
 from firelet.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from firelet.devices.virtio.queue import Queue
 from firelet.log import get_logger
+from firelet.vmm import layout
 from firelet.vmm.memory import GuestMemory
 
 log = get_logger(__name__)
@@ -74,9 +75,8 @@ _QUEUE_ADDR_REGS = {
 }
 
 
-def kernel_cmdline_fragment(base: int, irq: int) -> str:
-    """How Linux learns of the device without a device tree (virtio_mmio.device=)."""
-    return f"virtio_mmio.device=4K@{base:#x}:{irq}"
+#: How Linux learns of the device without a device tree (virtio_mmio.device=).
+kernel_cmdline_fragment = layout.virtio_mmio_cmdline
 
 
 class MmioTransport:
