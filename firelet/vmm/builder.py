@@ -2,10 +2,12 @@
 
 The one place where KVM objects, guest memory, the boot structures and the
 devices meet. Order matters and follows KVM's rules: the irqchip exists before
-vCPUs; memory is registered before the kernel is loaded; CPUID is set before
+vCPUs; memory slots and the PIT exist before a vCPU runs; CPUID is set before
 the MSRs and registers; the LAPIC's LINT pins are programmed after the irqchip.
 Inputs are checked up front so a bad path or size fails with one line before
-any KVM object is made.
+any KVM object is made. Work that waits (the kernel read, KVM calls that wait
+out a grace period) runs on helper threads meanwhile, and the devices are made
+by :meth:`Vmm.start` as the vCPUs start.
 """
 
 from __future__ import annotations
@@ -207,8 +209,8 @@ def build_vmm(
         kernel, initrd = loading.result()
         _load_guest(vmm, config, cmdline, kernel, initrd)
         _ensure_kick_handler(install_kick_handler)
+        waits.finish()  # the irqchip before the vCPUs; memory and PIT before any vCPU runs
         _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count)
-        waits.finish()  # before any vCPU runs: memory, PIT and I/O registrations all in place
         # The devices are made as the vCPUs start (Vmm.start): the guest runs its first
         # instructions meanwhile and waits at its first device access until they are ready.
         vmm.attach_on_start(lambda: attach_devices(vmm, config, console, plan=plan))
@@ -244,7 +246,7 @@ def _ensure_kick_handler(install: Callable[[], None]) -> None:
 def _setup_vm(vm_fd: Any, memory: Any, waits: KernelWaits) -> None:
     vm_fd.set_tss_addr(layout.KVM_TSS_START)
     vm_fd.set_identity_map_addr(layout.KVM_IDENTITY_MAP_START)
-    vm_fd.create_irqchip()  # now: irqfds (the devices) and vCPUs need it
+    waits.add(vm_fd.create_irqchip)  # before the vCPUs are made (the builder waits for it)
     for slot, region in enumerate(memory.regions):  # needed only once a vCPU runs
         waits.add(partial(vm_fd.set_user_memory_region, slot, region.guest_addr, region.size, region.host_addr))
     waits.add(vm_fd.create_pit2)
