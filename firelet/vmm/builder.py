@@ -178,7 +178,7 @@ def build_vmm(
     # one imports the KVM bindings and sets up the VM and its devices. In the rig it took
     # ~0.25 s and had kept the vCPU waiting ~0.15 s when it started after KVM_CREATE_VM.
     loading = _Background(lambda: _read_images(memory, config))
-    waits: KernelWaits | None = None
+    waits: Any = None
     try:
         from firelet.kvm import Kvm, install_kick_handler
         from firelet.kvm.ioctls import KVM_CAP_COALESCED_PIO
@@ -190,6 +190,8 @@ def build_vmm(
         closers.append(kvm.close)
         vm_fd = kvm.create_vm()
         closers.append(vm_fd.close)
+        from firelet.vmm.kernel_waits import KernelWaits
+
         resources = VmmResources(kvm, vm_fd, memory, closers)
         waits = KernelWaits()
         _setup_vm(vm_fd, memory, waits)
@@ -213,7 +215,7 @@ def build_vmm(
         _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count)
         # The devices are made as the vCPUs start (Vmm.start): the guest runs its first
         # instructions meanwhile and waits at its first device access until they are ready.
-        vmm.attach_on_start(lambda: attach_devices(vmm, config, console, plan=plan))
+        vmm.attach_on_start(lambda later: attach_devices(vmm, config, console, later=later, plan=plan))
         return vmm
     except BaseException:
         loading.join()  # it writes into guest RAM, which the closers unmap
@@ -243,59 +245,13 @@ def _ensure_kick_handler(install: Callable[[], None]) -> None:
         )
 
 
-def _setup_vm(vm_fd: Any, memory: Any, waits: KernelWaits) -> None:
+def _setup_vm(vm_fd: Any, memory: Any, waits: Any) -> None:
     vm_fd.set_tss_addr(layout.KVM_TSS_START)
     vm_fd.set_identity_map_addr(layout.KVM_IDENTITY_MAP_START)
     waits.add(vm_fd.create_irqchip)  # before the vCPUs are made (the builder waits for it)
     for slot, region in enumerate(memory.regions):  # needed only once a vCPU runs
         waits.add(partial(vm_fd.set_user_memory_region, slot, region.guest_addr, region.size, region.host_addr))
     waits.add(vm_fd.create_pit2)
-
-
-class KernelWaits:
-    """KVM calls that mostly wait in the kernel, run in order on one helper thread.
-
-    Each change to a VM's memory slots or I/O buses waits out an SRCU grace period
-    (5-60 ms each in the rig, where the build makes about six); meanwhile this thread
-    goes on building in Python. :meth:`finish` waits for them and re-raises the first
-    failure; the vCPUs must not run before it returns.
-    """
-
-    def __init__(self) -> None:
-        import threading
-
-        self._cond = threading.Condition()
-        self._calls: list[Callable[[], Any] | None] = []
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="firelet-kvm-setup", daemon=True)
-        self._thread.start()
-
-    def add(self, call: Callable[[], Any]) -> None:
-        with self._cond:
-            self._calls.append(call)
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._calls)
-                call = self._calls.pop(0)
-            if call is None:
-                return
-            if self._error is None:
-                try:
-                    call()
-                except BaseException as exc:  # handed to the builder by finish()
-                    self._error = exc
-
-    def join(self) -> None:
-        self.add(None)  # type: ignore[arg-type] - the end marker
-        self._thread.join()
-
-    def finish(self) -> None:
-        self.join()
-        if self._error is not None:
-            raise self._error
 
 
 class _Background:

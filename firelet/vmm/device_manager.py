@@ -88,8 +88,8 @@ def device_cmdline(plan: list[tuple[Drive, VirtioSlot]]) -> list[str]:
 
 def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec,
                    later: Callable[[Callable[[], object]], None] | None = None,
-                   plan: list[tuple[Drive, VirtioSlot]] | None = None) -> list[str]:
-    """Create and wire every device; returns the kernel command-line fragments they need.
+                   plan: list[tuple[Drive, VirtioSlot]] | None = None) -> None:
+    """Create and wire every device (announced on the command line by :func:`device_cmdline`).
 
     KVM registrations that wait in the kernel rather than work (an ioeventfd or a
     coalesced zone waits out an SRCU grace period: 10-60 ms each in the rig) are handed
@@ -106,7 +106,6 @@ def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec,
         vmm.resources.closers.append(device.close)
         vmm.devices[f"block:{drive.drive_id}"] = device
         _attach_virtio(vmm, device, slot, later)
-    return device_cmdline(plan)
 
 
 def _attach_serial(vmm: Vmm, console: ConsoleSpec, later: Callable[[Callable[[], object]], None] | None) -> None:

@@ -60,18 +60,19 @@ class Vmm:
         self._done = threading.Event()
         self._started = False
         self._closed = False
-        self._attach: Callable[[], object] | None = None
+        self._attach: Callable[[Callable[[Callable[[], object]], None]], object] | None = None
         self.boot_time: float | None = None
         event_loop.on_failure = lambda exc: self.finish(VmExit(ExitKind.VMM_ERROR, f"event loop: {exc}"))
 
     # -- lifecycle ----------------------------------------------------------
-    def attach_on_start(self, attach: Callable[[], object]) -> None:
-        """Have :meth:`start` make the devices (``attach``) once the vCPUs run.
+    def attach_on_start(self, attach: Callable[[Callable[[Callable[[], object]], None]], object]) -> None:
+        """Have :meth:`start` make the devices (``attach(later)``) once the vCPUs run.
 
         The guest's first instructions need no device: the vCPUs start first, and one
-        that reaches a device access (port I/O or MMIO) waits until ``attach`` is done.
-        In the rig this takes the devices' ~65 ms of Python off the way to the guest's
-        first instruction.
+        that reaches a device's ports or MMIO window waits until ``attach`` is done and
+        the KVM calls it handed to ``later`` (see :mod:`firelet.vmm.kernel_waits`) have
+        run. In the rig this takes the devices' ~65 ms of Python off the way to the
+        guest's first instruction.
         """
         self._attach = attach
 
@@ -85,8 +86,16 @@ class Vmm:
             vcpu.start()
         attach, self._attach = self._attach, None
         if attach is not None:
+            from firelet.vmm.kernel_waits import KernelWaits
+
+            waits = KernelWaits()
             try:
-                attach()
+                try:
+                    attach(waits.add)
+                except BaseException:
+                    waits.join()  # its calls use fds that close() closes
+                    raise
+                waits.finish()
             except BaseException as exc:
                 self.finish(VmExit(ExitKind.VMM_ERROR, f"devices: {exc}"))
                 self.close()

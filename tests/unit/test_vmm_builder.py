@@ -5,7 +5,8 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.vmm.builder import KernelWaits, boot_cmdline, cmdline_words
+from firelet.vmm.builder import boot_cmdline, cmdline_words
+from firelet.vmm.kernel_waits import KernelWaits
 from firelet.vmm.config import convert, VmConfig
 
 

@@ -1,0 +1,52 @@
+"""KVM calls that mostly wait in the kernel, run in order on one helper thread.
+
+Each change to a VM's memory slots or I/O buses (a memory region, the irqchip or
+PIT devices, an ioeventfd, a coalesced zone) waits out an SRCU grace period:
+5-60 ms each in the nested rig. The builder and ``Vmm.start`` hand such calls
+to a :class:`KernelWaits` and go on working in Python meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+
+class KernelWaits:
+    """Calls run in the order added; :meth:`finish` waits for them all and re-raises
+    the first failure (the calls after it are skipped)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._calls: list[Callable[[], Any] | None] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="firelet-kvm-setup", daemon=True)
+        self._thread.start()
+
+    def add(self, call: Callable[[], Any]) -> None:
+        with self._cond:
+            self._calls.append(call)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._calls)
+                call = self._calls.pop(0)
+            if call is None:
+                return
+            if self._error is None:
+                try:
+                    call()
+                except BaseException as exc:  # handed to the caller by finish()
+                    self._error = exc
+
+    def join(self) -> None:
+        self.add(None)  # type: ignore[arg-type] - the end marker
+        self._thread.join()
+
+    def finish(self) -> None:
+        self.join()
+        if self._error is not None:
+            raise self._error
