@@ -7,6 +7,9 @@ ones and writes are dropped, as on real hardware.
 
 Devices may be called from several vCPU threads at once and do their own
 locking (each keeps its state behind one lock), so the bus itself takes none.
+Devices may also be inserted while vCPUs run (``Vmm.start`` makes them as the
+guest starts): an insert builds a new table and publishes it with one
+assignment, so a lookup sees the old table or the new one, never half of each.
 Lookups that hit a device are cached: a guest touches the same few registers
 over and over (the UART's THR and LSR above all), and the cache is bounded by
 the total size of the devices' ranges.
@@ -32,32 +35,35 @@ class Bus:
     """Non-overlapping ``[base, base+length)`` ranges, each owned by one device."""
 
     def __init__(self) -> None:
-        self._bases: list[int] = []
-        self._entries: list[tuple[int, int, BusDevice]] = []
+        #: (bases, entries): sorted range starts and their (base, length, device); replaced whole.
+        self._table: tuple[list[int], list[tuple[int, int, BusDevice]]] = ([], [])
         self._hits: dict[int, tuple[int, BusDevice]] = {}
 
     def insert(self, device: BusDevice, base: int, length: int) -> None:
         if length <= 0:
             raise BusError(f"empty range at {base:#x}")
-        index = bisect.bisect_left(self._bases, base)
+        bases, entries = self._table
+        index = bisect.bisect_left(bases, base)
         if index > 0:
-            prev_base, prev_len, _ = self._entries[index - 1]
+            prev_base, prev_len, _ = entries[index - 1]
             if prev_base + prev_len > base:
                 raise BusError(f"range {base:#x}+{length:#x} overlaps {prev_base:#x}+{prev_len:#x}")
-        if index < len(self._entries) and self._entries[index][0] < base + length:
-            raise BusError(f"range {base:#x}+{length:#x} overlaps {self._entries[index][0]:#x}")
-        self._bases.insert(index, base)
-        self._entries.insert(index, (base, length, device))
-        self._hits.clear()
+        if index < len(entries) and entries[index][0] < base + length:
+            raise BusError(f"range {base:#x}+{length:#x} overlaps {entries[index][0]:#x}")
+        self._table = (bases[:index] + [base] + bases[index:],
+                       entries[:index] + [(base, length, device)] + entries[index:])
+        # A hit cached from the old table stays right: inserts never move a device.
+        self._hits = {}
 
     def _find(self, addr: int) -> tuple[int, BusDevice] | None:
         hit = self._hits.get(addr)
         if hit is not None:
             return hit
-        index = bisect.bisect_right(self._bases, addr) - 1
+        bases, entries = self._table
+        index = bisect.bisect_right(bases, addr) - 1
         if index < 0:
             return None
-        base, length, device = self._entries[index]
+        base, length, device = entries[index]
         if addr >= base + length:
             return None
         hit = self._hits[addr] = (addr - base, device)
@@ -81,4 +87,4 @@ class Bus:
         return True
 
     def devices(self) -> list[tuple[int, int, BusDevice]]:
-        return list(self._entries)
+        return list(self._table[1])
