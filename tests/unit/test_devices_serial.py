@@ -308,3 +308,58 @@ def test_queued_divisor_writes_keep_the_dlab_state_they_were_made_in() -> None:
     _out(uart, s.LCR, s.LCR_DLAB | 0x03)
     assert _in(uart, s.DATA) == 1
     assert sink.getvalue() == b"x"
+
+
+class _LockedBatch(_FakeBatch):
+    """The fake ring with KVM's guarantee: appends and takes do not interleave."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+
+    def guest_writes(self, text: bytes) -> None:
+        with self._lock:
+            super().guest_writes(text)
+
+    def take(self) -> list[tuple[int, int]]:
+        with self._lock:
+            return super().take()
+
+
+def test_bytes_leave_in_the_order_written_when_the_event_loop_flushes_meanwhile() -> None:
+    # The vCPU thread replays the queue on a register access while the event loop's
+    # periodic flush replays it too: whichever takes bytes first must also send them first.
+    import sys
+    import time
+
+    batch = _LockedBatch()
+    uart, _, sink = _uart(tx_batch=batch)
+    expected = b"".join(b"%05d\n" % i for i in range(3000))
+    done = threading.Event()
+
+    def event_loop() -> None:
+        while not done.is_set():
+            uart.flush_batched()
+
+    emit = uart._output.emit
+
+    def slow_emit(data: bytes | bytearray) -> None:  # widen any gap between taking and sending
+        time.sleep(0)
+        emit(data)
+
+    uart._output.emit = slow_emit  # type: ignore[method-assign]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    loop = threading.Thread(target=event_loop)
+    loop.start()
+    try:
+        for i in range(0, len(expected), 3):
+            batch.guest_writes(expected[i:i + 3])
+            if i % 9 == 0:
+                _in(uart, s.IIR)  # any access but LSR replays the queue first
+    finally:
+        done.set()
+        loop.join()
+        sys.setswitchinterval(interval)
+    uart.flush_batched()
+    assert sink.getvalue() == expected

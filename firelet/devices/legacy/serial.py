@@ -146,12 +146,12 @@ class Serial:
             with self._lock:
                 if self._batch is not None:
                     out, fire = self._replay_batch()
+                    if out:  # sent under the lock: bytes leave in the order they were taken
+                        self._output.emit(out)
                 value, space_freed = self._read_register(offset)
         data[0] = value
         for i in range(1, len(data)):
             data[i] = 0
-        if out:
-            self._output.emit(out)
         if fire:
             self._interrupt.trigger()
         if space_freed and self._on_input_space is not None:
@@ -172,8 +172,8 @@ class Serial:
                 fire = fire or fired
                 if offset == IER or offset == MCR:
                     self._update_batching()
-        if out:
-            self._output.emit(out)
+            if out:  # under the lock, like every send: the event loop may be replaying too
+                self._output.emit(out)
         if fire:
             self._interrupt.trigger()
 
@@ -183,8 +183,8 @@ class Serial:
             return
         with self._lock:
             out, fire = self._replay_batch()
-        if out:
-            self._output.emit(out)
+            if out:
+                self._output.emit(out)
         if fire:
             self._interrupt.trigger()
 
