@@ -62,3 +62,19 @@ def resume_gc() -> None:
         _gc_deferred = False
         gc.freeze()
         gc.enable()
+
+
+#: ``kill -USR2 <pid>`` makes a VMM print every thread's Python stack to stderr.
+STACK_DUMP_SIGNAL_NAME = "SIGUSR2"
+
+
+def dump_stacks_on_signal() -> None:
+    """For a VMM that seems stuck: ``kill -USR2 <pid>`` prints where each thread is.
+
+    faulthandler writes the stacks from its C signal handler, so it works even
+    when a thread holds the GIL forever. (vCPU kicks use SIGRTMIN+1.)
+    """
+    import faulthandler
+    import signal
+
+    faulthandler.register(getattr(signal, STACK_DUMP_SIGNAL_NAME), all_threads=True)

@@ -110,6 +110,7 @@ def console() -> int:
         lean.hide_typing_extensions()
         lean.skip_message_catalog_search()
         lean.defer_gc()
+        lean.dump_stacks_on_signal()
     return main()
 
 

@@ -59,9 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def console() -> int:
     """The ``firelet-vmm`` command's entry point: the process is a VMM (see :mod:`firelet.cli.lean`)."""
-    from firelet.cli.lean import hide_typing_extensions
+    from firelet.cli.lean import dump_stacks_on_signal, hide_typing_extensions
 
     hide_typing_extensions()
+    dump_stacks_on_signal()
     return main()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +64,11 @@ def boot(kernel_path: Path, *, timeout: float = BOOT_TIMEOUT_S, **kwargs):  # no
     from firelet.images import parse_exit_status
 
     with MicroVM(kernel_path, **kwargs) as vm:
-        outcome = vm.wait(timeout=timeout)
+        if vm.vmm.wait(timeout) is None:  # stuck: show where every thread is before stopping it
+            import faulthandler
+
+            faulthandler.dump_traceback(all_threads=True)
+        outcome = vm.wait(timeout=0)
         text = vm.console.text()
     return outcome, text, parse_exit_status(text)
 
@@ -77,16 +82,25 @@ def read_file_in_image(image: Path, path: str) -> str:
 
 
 def firelet_cli(*args: str, timeout: float = BOOT_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run the `firelet` command as a user would; stdin is not a terminal."""
+    """Run the `firelet` command as a user would; stdin is not a terminal.
+
+    If it does not end in time, its threads' stacks (SIGUSR2, firelet.cli.lean) and the
+    console's tail go into the failure.
+    """
+    proc = subprocess.Popen([sys.executable, "-m", "firelet", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
     try:
-        return subprocess.run(
-            [sys.executable, "-m", "firelet", *args],
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired as exc:  # show where the guest stopped
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR2)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
         raise AssertionError(f"firelet {' '.join(args[:1])} did not end within {timeout} s; "
-                             f"console tail:\n{out[-3000:]}") from None
+                             f"console tail:\n{out[-3000:]}\nstderr (thread stacks):\n{err[-6000:]}") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def have(tool: str) -> bool:

@@ -136,3 +136,18 @@ def test_argparse_finds_no_catalog_files_after_the_skip(tmp_path: Path) -> None:
                          env={**base, "LANG": "C.UTF-8"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "0"
+
+
+def test_sigusr2_prints_every_threads_stack() -> None:
+    code = ("import os, signal, threading, time\n"
+            "from firelet.cli import lean\n"
+            "lean.dump_stacks_on_signal()\n"
+            "def parked_vcpu_thread():\n    time.sleep(5)\n"
+            "threading.Thread(target=parked_vcpu_thread, daemon=True).start()\n"
+            "time.sleep(0.2)\n"
+            "os.kill(os.getpid(), signal.SIGUSR2)\n"
+            "time.sleep(0.2)\n"
+            "print('still running')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "still running"
+    assert "parked_vcpu_thread" in result.stderr and "Current thread" in result.stderr
