@@ -18,7 +18,11 @@ from launchers import BootInputs, QemuMicrovm  # noqa: E402
 def _qemu_boot(kernel, rootfs: Path, command: str) -> tuple[int, str]:  # noqa: ANN001
     cmdline = f"console=ttyS0 reboot=k panic=-1 root=/dev/vda rw {guest_cmdline_for(command)}"
     argv = QemuMicrovm().argv(BootInputs(vmlinux=kernel.vmlinux, rootfs=rootfs, cmdline=cmdline))
-    result = subprocess.run(argv, capture_output=True, timeout=BOOT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    try:
+        result = subprocess.run(argv, capture_output=True, timeout=BOOT_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as exc:  # show where the guest stopped (its log is on the console)
+        out = (exc.stdout or b"").decode(errors="replace").replace("\r", "")
+        raise AssertionError(f"QEMU did not end within {BOOT_TIMEOUT_S} s; console tail:\n{out[-3000:]}") from None
     return result.returncode, result.stdout.decode(errors="replace").replace("\r", "")
 
 
