@@ -64,10 +64,6 @@ def resume_gc() -> None:
         gc.enable()
 
 
-#: ``kill -USR2 <pid>`` makes a VMM print every thread's Python stack to stderr.
-STACK_DUMP_SIGNAL_NAME = "SIGUSR2"
-
-
 def dump_stacks_on_signal() -> None:
     """For a VMM that seems stuck: ``kill -USR2 <pid>`` prints where each thread is.
 
@@ -77,4 +73,4 @@ def dump_stacks_on_signal() -> None:
     import faulthandler
     import signal
 
-    faulthandler.register(getattr(signal, STACK_DUMP_SIGNAL_NAME), all_threads=True)
+    faulthandler.register(signal.SIGUSR2, all_threads=True)

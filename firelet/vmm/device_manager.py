@@ -86,9 +86,8 @@ def device_cmdline(plan: list[tuple[Drive, VirtioSlot]]) -> list[str]:
     return [layout.virtio_mmio_cmdline(slot.base, slot.irq) for _, slot in plan]
 
 
-def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec,
-                   later: Callable[[Callable[[], object]], None] | None = None,
-                   plan: list[tuple[Drive, VirtioSlot]] | None = None) -> None:
+def attach_devices(vmm: Vmm, plan: list[tuple[Drive, VirtioSlot]], console: ConsoleSpec,
+                   later: Callable[[Callable[[], object]], None] | None = None) -> None:
     """Create and wire every device (announced on the command line by :func:`device_cmdline`).
 
     KVM registrations that wait in the kernel rather than work (an ioeventfd or a
@@ -96,7 +95,6 @@ def attach_devices(vmm: Vmm, config: VmConfig, console: ConsoleSpec,
     to ``later`` when it is given, for the caller to run on a helper thread meanwhile;
     they must be done before the guest uses the devices.
     """
-    plan = plan_virtio(config) if plan is None else plan
     _attach_serial(vmm, console, later)
     _attach_i8042(vmm)
     for drive, slot in plan:
