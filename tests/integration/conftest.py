@@ -60,16 +60,24 @@ def rootfs(rootfs_template: Path, tmp_path: Path) -> Path:
 
 def boot(kernel_path: Path, *, timeout: float = BOOT_TIMEOUT_S, **kwargs):  # noqa: ANN201
     """Boot a MicroVM to its end; returns (outcome, console text, guest exit status)."""
+    import faulthandler
+
     from firelet import MicroVM
     from firelet.images import parse_exit_status
 
-    with MicroVM(kernel_path, **kwargs) as vm:
+    # A build or start that never returns leaves every thread's stack in the output.
+    faulthandler.dump_traceback_later(timeout, exit=False)
+    vm = MicroVM(kernel_path, **kwargs)
+    try:
+        vm.start()
+        faulthandler.cancel_dump_traceback_later()
         if vm.vmm.wait(timeout) is None:  # stuck: show where every thread is before stopping it
-            import faulthandler
-
             faulthandler.dump_traceback(all_threads=True)
         outcome = vm.wait(timeout=0)
         text = vm.console.text()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        vm.close()
     return outcome, text, parse_exit_status(text)
 
 
