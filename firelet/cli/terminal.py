@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import termios
-import tty
 from collections.abc import Iterator
 
 
@@ -29,6 +27,9 @@ def raw_terminal(enabled: bool) -> Iterator[None]:
     if not enabled or not is_interactive():
         yield
         return
+    import termios  # only for a person at a terminal: the VMM's start skips them otherwise
+    import tty
+
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     try:

@@ -149,7 +149,7 @@ def _pvh_entry(elf: bytes) -> int | None:
             if p_type != _PT_NOTE:
                 continue
             p_filesz, = struct.unpack_from("<Q", elf, phoff + index * phentsize + 0x20)
-            pos, end = p_offset, p_offset + p_filesz
+            pos, end = p_offset, min(p_offset + p_filesz, len(elf))  # a size past the file is garbage
             while pos + 12 <= end:
                 namesz, descsz, note_type = struct.unpack_from("<III", elf, pos)
                 name_at = pos + 12
@@ -158,7 +158,7 @@ def _pvh_entry(elf: bytes) -> int | None:
                 if name == b"Xen" and note_type == XEN_ELFNOTE_PHYS32_ENTRY and descsz in (4, 8):
                     return int.from_bytes(elf[desc_at:desc_at + descsz], "little")
                 pos = desc_at + (descsz + 3) // 4 * 4
-    except struct.error:
+    except (struct.error, OverflowError):  # offsets past the file, or past what an index can hold
         return None
     return None
 

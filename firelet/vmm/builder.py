@@ -51,9 +51,6 @@ ADVERTISE_TSC_DEADLINE = True
 #: machine's) nothing else gets guest RAM huge pages. RSS grows in 2 MiB steps: an idle
 #: 128 MiB guest measured 47 MiB RSS (30 MiB of it huge pages) in the rig, as before.
 TRANSPARENT_HUGE_PAGES = True
-#: Make the devices as the vCPUs start (Vmm.attach_on_start) rather than before: the guest
-#: runs its first instructions meanwhile.
-EARLY_DEVICES = True
 
 
 class BuildError(FireletError):
@@ -206,23 +203,21 @@ def build_vmm(
             from firelet.vmm.coalesced import CoalescedRing
 
             vmm.coalesced_ring = CoalescedRing()
-        from firelet.vmm.device_manager import attach_devices, device_cmdline, plan_virtio, planned_ranges
+        from firelet.vmm.device_manager import attach_devices, device_cmdline, plan_virtio
 
         plan = plan_virtio(config)
-        gate.pending_io, gate.pending_mmio = planned_ranges(plan)
+        # The devices are made before any vCPU exists, their KVM registrations (irqfds,
+        # ioeventfds, the UART's coalesced zone) queued after the irqchip on the helper
+        # thread. (Making them as the vCPUs started, a vCPU waiting at its first access to
+        # a device still to come, measured no faster in the rig, and 4-vCPU boots under it
+        # hung the rig's kernel twice.)
+        attach_devices(vmm, plan, console, later=waits.add)
         cmdline = boot_cmdline(config, device_cmdline(plan))
         kernel, initrd = loading.result()
         _load_guest(vmm, config, cmdline, kernel, initrd)
         _ensure_kick_handler(install_kick_handler)
-        waits.finish()  # the irqchip before irqfds and vCPUs; memory and PIT before any vCPU runs
-        # The devices are made before any vCPU runs. (Making them as the vCPUs start, with
-        # Vmm.attach_on_start, saved ~90 ms in the rig, but a 4-vCPU boot once never got
-        # past it: KVM registrations made while vCPUs run are suspected; see the issue note.)
-        if not EARLY_DEVICES:
-            attach_devices(vmm, plan, console)
+        waits.finish()  # every KVM registration, and memory and PIT, before any vCPU exists
         _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count)
-        if EARLY_DEVICES:
-            vmm.attach_on_start(lambda later: attach_devices(vmm, plan, console, later))
         return vmm
     except BaseException:
         loading.join()  # it writes into guest RAM, which the closers unmap
@@ -293,7 +288,7 @@ def _read_images(mem: Any, config: VmConfig) -> tuple[Any, tuple[int, int] | Non
     from firelet.vmm import loader
 
     assert config.boot_source is not None
-    kernel = loader.load_kernel(mem, config.boot_source.kernel_image_path)
+    kernel = loader.load_kernel(mem, config.boot_source.kernel_image_path, fresh_memory=True)
     initrd = None
     if config.boot_source.initrd_path:
         initrd = loader.load_initrd(mem, config.boot_source.initrd_path, kernel)

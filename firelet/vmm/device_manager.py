@@ -41,10 +41,14 @@ VIRTIO_MMIO_QUEUE_NOTIFY = 0x50
 _STDIN_CHUNK = 64
 
 
-def _irq_line(vmm: Vmm, gsi: int) -> EventFdInterrupt:
+def _irq_line(vmm: Vmm, gsi: int, later: Callable[[Callable[[], object]], None] | None) -> EventFdInterrupt:
     line = EventFdInterrupt(gsi)
-    vmm.resources.vm_fd.register_irqfd(line.fd, gsi)
     vmm.resources.closers.append(line.close)
+    register = partial(vmm.resources.vm_fd.register_irqfd, line.fd, gsi)
+    if later is None:
+        register()
+    else:
+        later(register)
     return line
 
 
@@ -72,15 +76,6 @@ def plan_virtio(config: VmConfig) -> list[tuple[Drive, VirtioSlot]]:
     return plan
 
 
-def planned_ranges(plan: list[tuple[Drive, VirtioSlot]]) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """``(port ranges, MMIO ranges)`` the devices will own, as ``(start, end)`` pairs."""
-    from firelet.devices.legacy.i8042 import COMMAND_PORT, DATA_PORT
-
-    ports = ((SERIAL_PORT_BASE, SERIAL_PORT_BASE + SERIAL_PORT_COUNT), (DATA_PORT, DATA_PORT + 1),
-             (COMMAND_PORT, COMMAND_PORT + 1))
-    return ports, tuple((slot.base, slot.base + layout.VIRTIO_MMIO_SIZE) for _, slot in plan)
-
-
 def device_cmdline(plan: list[tuple[Drive, VirtioSlot]]) -> list[str]:
     """The kernel command-line fragments that announce the planned virtio devices."""
     return [layout.virtio_mmio_cmdline(slot.base, slot.irq) for _, slot in plan]
@@ -90,13 +85,14 @@ def attach_devices(vmm: Vmm, plan: list[tuple[Drive, VirtioSlot]], console: Cons
                    later: Callable[[Callable[[], object]], None] | None = None) -> None:
     """Create and wire every device (announced on the command line by :func:`device_cmdline`).
 
-    KVM registrations that wait in the kernel rather than work (an ioeventfd or a
-    coalesced zone waits out an SRCU grace period: 10-60 ms each in the rig) are handed
-    to ``later`` when it is given, for the caller to run on a helper thread meanwhile;
-    they must be done before the guest uses the devices.
+    The KVM registrations (irqfds, ioeventfds, the UART's coalesced zone; some wait out
+    an SRCU grace period in the kernel) are handed to ``later`` when it is given, for the
+    caller to run in order on a helper thread while it goes on building. They must be
+    done before any vCPU runs, and ``later`` must already hold the irqchip's creation
+    (an irqfd needs it).
     """
     _attach_serial(vmm, console, later)
-    _attach_i8042(vmm)
+    _attach_i8042(vmm, later)
     for drive, slot in plan:
         from firelet.devices.virtio.block import Block
 
@@ -109,7 +105,7 @@ def attach_devices(vmm: Vmm, plan: list[tuple[Drive, VirtioSlot]], console: Cons
 def _attach_serial(vmm: Vmm, console: ConsoleSpec, later: Callable[[Callable[[], object]], None] | None) -> None:
     from firelet.devices.legacy.serial import Serial
 
-    line = _irq_line(vmm, SERIAL_IRQ)
+    line = _irq_line(vmm, SERIAL_IRQ, later)
     input_fd = console.input_fd
     loop = vmm.event_loop
     reading = {"on": input_fd is not None}
@@ -157,10 +153,10 @@ def _attach_serial(vmm: Vmm, console: ConsoleSpec, later: Callable[[Callable[[],
         loop.add_reader(input_fd, on_stdin)
 
 
-def _attach_i8042(vmm: Vmm) -> None:
+def _attach_i8042(vmm: Vmm, later: Callable[[Callable[[], object]], None] | None) -> None:
     from firelet.devices.legacy.i8042 import COMMAND_PORT, DATA_PORT, I8042
 
-    line = _irq_line(vmm, I8042_IRQ)
+    line = _irq_line(vmm, I8042_IRQ, later)
     device = I8042(lambda: vmm.finish(VmExit(ExitKind.RESET, "i8042 reset")), line)
     vmm.io_bus.insert(device.port(DATA_PORT), DATA_PORT, 1)
     vmm.io_bus.insert(device.port(COMMAND_PORT), COMMAND_PORT, 1)
@@ -172,7 +168,7 @@ def _attach_virtio(vmm: Vmm, device: Any, slot: VirtioSlot,
     from firelet.devices.virtio.mmio import MmioTransport
 
     base = slot.base
-    line = _irq_line(vmm, slot.irq)
+    line = _irq_line(vmm, slot.irq, later)
     transport = MmioTransport(vmm.memory, device, line)
     vmm.mmio_bus.insert(transport, base, layout.VIRTIO_MMIO_SIZE)
     vmm.event_loop.every(INTERRUPT_REARM_INTERVAL_S, transport.rearm_interrupt)

@@ -44,20 +44,8 @@ class VcpuGate:
         self.running = threading.Event()
         self.running.set()
         self.stopping = threading.Event()
-        #: Set once the devices exist (see Vmm.attach_on_start). Until then a vCPU whose
-        #: port I/O or MMIO falls in one of the ``(start, end)`` ranges of the devices to
-        #: come waits here; other addresses (nobody's, e.g. port 0x80) are served at once.
-        self.devices_ready = threading.Event()
-        self.pending_io: tuple[tuple[int, int], ...] = ()
-        self.pending_mmio: tuple[tuple[int, int], ...] = ()
         self._cond = threading.Condition()
         self._parked = 0
-
-    def await_devices(self, ranges: tuple[tuple[int, int], ...], addr: int) -> bool:
-        """Before the devices exist: wait if ``addr`` will be theirs. False: the VM is stopping."""
-        if any(start <= addr < end for start, end in ranges):
-            self.devices_ready.wait()
-        return not self.stopping.is_set()
 
     def park(self) -> None:
         """Called by a vCPU thread: wait here while paused."""
@@ -129,7 +117,6 @@ class Vcpu:
         io_bus, mmio_bus, metrics = self.io_bus, self.mmio_bus, self.metrics
         unpack_reason, unpack_io, unpack_mmio = _EXIT_REASON.unpack_from, _IO.unpack_from, _MMIO.unpack_from
         enter = fd.run
-        devices_ready = gate.devices_ready.is_set()
         # Pausing and stopping always kick the vCPU (immediate_exit + a signal), which makes
         # KVM_RUN return "interrupted": the gate is only consulted then, not on every exit.
         while True:
@@ -145,10 +132,6 @@ class Vcpu:
             reason = unpack_reason(view, _EXIT_REASON_OFFSET)[0]
             if reason == S.KVM_EXIT_IO:
                 direction, size, port, count, offset = unpack_io(view, _EXIT_UNION_OFFSET)
-                if not devices_ready:
-                    if not gate.await_devices(gate.pending_io, port):
-                        return
-                    devices_ready = gate.devices_ready.is_set()
                 end = offset + size * count
                 if size == 0 or end > view_len:  # KVM's own data, but never trust an offset blindly
                     self.on_exit(VmExit(ExitKind.KVM_ERROR, f"vCPU {self.index}: bad I/O exit data"))
@@ -164,10 +147,6 @@ class Vcpu:
                 continue
             if reason == S.KVM_EXIT_MMIO:
                 addr, _data, length, is_write = unpack_mmio(view, _EXIT_UNION_OFFSET)
-                if not devices_ready:
-                    if not gate.await_devices(gate.pending_mmio, addr):
-                        return
-                    devices_ready = gate.devices_ready.is_set()
                 data = view[_MMIO_DATA_OFFSET : _MMIO_DATA_OFFSET + min(length, 8)]
                 if is_write:
                     metrics.exit_mmio_write += 1

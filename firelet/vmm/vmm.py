@@ -60,49 +60,20 @@ class Vmm:
         self._done = threading.Event()
         self._started = False
         self._closed = False
-        self._attach: Callable[[Callable[[Callable[[], object]], None]], object] | None = None
         self.boot_time: float | None = None
         event_loop.on_failure = lambda exc: self.finish(VmExit(ExitKind.VMM_ERROR, f"event loop: {exc}"))
 
     # -- lifecycle ----------------------------------------------------------
-    def attach_on_start(self, attach: Callable[[Callable[[Callable[[], object]], None]], object]) -> None:
-        """Have :meth:`start` make the devices (``attach(later)``) once the vCPUs run.
-
-        The guest's first instructions need no device: the vCPUs start first, and one
-        that reaches a device's ports or MMIO window waits until ``attach`` is done and
-        the KVM calls it handed to ``later`` (see :mod:`firelet.vmm.kernel_waits`) have
-        run. In the rig this takes the devices' ~65 ms of Python off the way to the
-        guest's first instruction.
-        """
-        self._attach = attach
-
     def start(self) -> None:
-        """Start the vCPUs, make any pending devices, then serve device events."""
+        """Start the vCPUs and the event loop that serves the devices."""
         if self._started:
             raise RuntimeError("microVM already started")
         self._started = True
         self.boot_time = time.monotonic()
+        if self.event_loop.thread is None:
+            self.event_loop.start()
         for vcpu in self.vcpus:
             vcpu.start()
-        attach, self._attach = self._attach, None
-        if attach is not None:
-            from firelet.vmm.kernel_waits import KernelWaits
-
-            waits = KernelWaits()
-            try:
-                try:
-                    attach(waits.add)
-                except BaseException:
-                    waits.join()  # its calls use fds that close() closes
-                    raise
-                waits.finish()
-            except BaseException as exc:
-                self.finish(VmExit(ExitKind.VMM_ERROR, f"devices: {exc}"))
-                self.close()
-                raise
-        if self.event_loop.thread is None and not self._done.is_set():
-            self.event_loop.start()
-        self.gate.devices_ready.set()
 
     @property
     def state(self) -> str:
@@ -136,7 +107,6 @@ class Vmm:
         log.info("microVM ended: %s", outcome)
         self.gate.stopping.set()
         self.gate.running.set()
-        self.gate.devices_ready.set()  # a vCPU waiting for devices sees the stop
         for vcpu in self.vcpus:  # the reporting vCPU too: its next KVM_RUN must return at once
             vcpu.kick()
         self.event_loop.stop()

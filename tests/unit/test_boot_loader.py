@@ -233,6 +233,20 @@ def test_load_kernel_reads_a_file(mem: GuestMemory, tmp_path: Path) -> None:
     assert mem.read(KERNEL_PADDR, 4) == bytes(range(4))
 
 
+@pytest.mark.parametrize("fresh", [False, True])
+def test_load_kernel_zeroes_the_bss_unless_the_memory_is_fresh(tmp_path: Path, fresh: bool) -> None:
+    path = tmp_path / "vmlinux"
+    path.write_bytes(_elf_image())
+    memory = GuestMemory.for_size(64 << 20)
+    try:
+        if not fresh:
+            memory.write(KERNEL_PADDR, b"\xaa" * 0x5000)  # stale bytes where the bss goes
+        load_kernel(memory, path, fresh_memory=fresh)
+        assert memory.read(KERNEL_PADDR + 4096, 0x3000) == bytes(0x3000)
+    finally:
+        memory.close()
+
+
 @pytest.mark.parametrize("content", [None, b""])
 def test_missing_or_empty_kernel_file_is_a_one_line_error(mem: GuestMemory, tmp_path: Path, content: bytes | None) -> None:
     path = tmp_path / "vmlinux"

@@ -59,29 +59,3 @@ def test_kernel_waits_run_in_order_on_another_thread_and_report_the_first_failur
     else:
         raise AssertionError("the failure was not re-raised")
     assert seen[-1] == ("ioeventfd", False)  # nothing runs after the first failure
-
-
-def test_a_vcpu_waits_only_for_addresses_of_devices_still_to_come() -> None:
-    from firelet.vmm.vcpu import VcpuGate
-
-    gate = VcpuGate()
-    gate.pending_io = ((0x3F8, 0x400), (0x60, 0x61))
-    assert gate.await_devices(gate.pending_io, 0x80)  # nobody's port: served at once
-    waited: list[bool] = []
-    thread = threading.Thread(target=lambda: waited.append(gate.await_devices(gate.pending_io, 0x3FD)))
-    thread.start()
-    thread.join(0.2)
-    assert thread.is_alive()  # the UART's port: waits for the devices
-    gate.devices_ready.set()
-    thread.join(5)
-    assert waited == [True]
-
-
-def test_a_vcpu_waiting_for_devices_sees_the_vm_stop() -> None:
-    from firelet.vmm.vcpu import VcpuGate
-
-    gate = VcpuGate()
-    gate.pending_mmio = ((0xD0000000, 0xD0001000),)
-    gate.stopping.set()
-    gate.devices_ready.set()  # Vmm.finish sets both
-    assert gate.await_devices(gate.pending_mmio, 0xD0000070) is False
