@@ -28,6 +28,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = get_logger(__name__)
 
+#: Takes a KVM registration to run later, in order, on the builder's helper thread
+#: (:class:`firelet.vmm.kernel_waits.KernelWaits`.add).
+Later = Callable[[Callable[[], object]], None]
+
 # PC/AT legacy assignments.
 SERIAL_PORT_BASE = 0x3F8
 SERIAL_PORT_COUNT = 8
@@ -41,7 +45,7 @@ VIRTIO_MMIO_QUEUE_NOTIFY = 0x50
 _STDIN_CHUNK = 64
 
 
-def _irq_line(vmm: Vmm, gsi: int, later: Callable[[Callable[[], object]], None] | None) -> EventFdInterrupt:
+def _irq_line(vmm: Vmm, gsi: int, later: Later | None) -> EventFdInterrupt:
     line = EventFdInterrupt(gsi)
     vmm.resources.closers.append(line.close)
     register = partial(vmm.resources.vm_fd.register_irqfd, line.fd, gsi)
@@ -82,7 +86,7 @@ def device_cmdline(plan: list[tuple[Drive, VirtioSlot]]) -> list[str]:
 
 
 def attach_devices(vmm: Vmm, plan: list[tuple[Drive, VirtioSlot]], console: ConsoleSpec,
-                   later: Callable[[Callable[[], object]], None] | None = None) -> None:
+                   later: Later | None = None) -> None:
     """Create and wire every device (announced on the command line by :func:`device_cmdline`).
 
     The KVM registrations (irqfds, ioeventfds, the UART's coalesced zone; some wait out
@@ -102,7 +106,7 @@ def attach_devices(vmm: Vmm, plan: list[tuple[Drive, VirtioSlot]], console: Cons
         _attach_virtio(vmm, device, slot, later)
 
 
-def _attach_serial(vmm: Vmm, console: ConsoleSpec, later: Callable[[Callable[[], object]], None] | None) -> None:
+def _attach_serial(vmm: Vmm, console: ConsoleSpec, later: Later | None) -> None:
     from firelet.devices.legacy.serial import Serial
 
     line = _irq_line(vmm, SERIAL_IRQ, later)
@@ -153,7 +157,7 @@ def _attach_serial(vmm: Vmm, console: ConsoleSpec, later: Callable[[Callable[[],
         loop.add_reader(input_fd, on_stdin)
 
 
-def _attach_i8042(vmm: Vmm, later: Callable[[Callable[[], object]], None] | None) -> None:
+def _attach_i8042(vmm: Vmm, later: Later | None) -> None:
     from firelet.devices.legacy.i8042 import COMMAND_PORT, DATA_PORT, I8042
 
     line = _irq_line(vmm, I8042_IRQ, later)
@@ -164,7 +168,7 @@ def _attach_i8042(vmm: Vmm, later: Callable[[Callable[[], object]], None] | None
 
 
 def _attach_virtio(vmm: Vmm, device: Any, slot: VirtioSlot,
-                   later: Callable[[Callable[[], object]], None] | None = None) -> None:
+                   later: Later | None = None) -> None:
     from firelet.devices.virtio.mmio import MmioTransport
 
     base = slot.base

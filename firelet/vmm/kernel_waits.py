@@ -1,9 +1,11 @@
 """KVM calls that mostly wait in the kernel, run in order on one helper thread.
 
 Each change to a VM's memory slots or I/O buses (a memory region, the irqchip or
-PIT devices, an ioeventfd, a coalesced zone) waits out an SRCU grace period:
-5-60 ms each in the nested rig. The builder and ``Vmm.start`` hand such calls
-to a :class:`KernelWaits` and go on working in Python meanwhile.
+PIT devices, an irqfd, an ioeventfd, a coalesced zone) may wait out an SRCU
+grace period: 5-60 ms each in the nested rig before its keeper VM, 1-3 ms since.
+The builder hands such calls, the devices' among them (``device_manager``'s
+``later``), to a :class:`KernelWaits` and goes on working in Python meanwhile;
+all are done before any vCPU exists.
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ class Vmm:
             raise RuntimeError("microVM already started")
         self._started = True
         self.boot_time = time.monotonic()
-        if self.event_loop.thread is None:
+        if self.event_loop.thread is None and not self._done.is_set():
             self.event_loop.start()
         for vcpu in self.vcpus:
             vcpu.start()
