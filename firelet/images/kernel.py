@@ -13,7 +13,6 @@ import os
 import struct
 import subprocess
 import sys
-import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
