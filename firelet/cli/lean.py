@@ -7,6 +7,7 @@ changes ``sys.modules`` for the whole process.
 import gc
 import os
 import sys
+from collections.abc import Callable
 
 #: Sub-commands whose process is a VMM: their start is the microVM's boot time.
 VMM_COMMANDS = ("run",)
@@ -68,9 +69,29 @@ def dump_stacks_on_signal() -> None:
     """For a VMM that seems stuck: ``kill -USR2 <pid>`` prints where each thread is.
 
     faulthandler writes the stacks from its C signal handler, so it works even
-    when a thread holds the GIL forever. (vCPU kicks use SIGRTMIN+1.)
+    when a thread holds the GIL forever. It then hands the signal on to Python,
+    which runs the :func:`on_dump_signal` hooks (each vCPU's registers, say) on
+    the main thread. (vCPU kicks use SIGRTMIN+1.)
     """
     import faulthandler
     import signal
 
-    faulthandler.register(signal.SIGUSR2, all_threads=True)
+    signal.signal(signal.SIGUSR2, _run_dump_hooks)
+    faulthandler.register(signal.SIGUSR2, all_threads=True, chain=True)
+
+
+_dump_hooks: list[Callable[[], None]] = []
+
+
+def on_dump_signal(hook: Callable[[], None]) -> Callable[[], None]:
+    """Run ``hook`` after the stacks on each SIGUSR2; returns a function that removes it."""
+    _dump_hooks.append(hook)
+    return lambda: _dump_hooks.remove(hook) if hook in _dump_hooks else None
+
+
+def _run_dump_hooks(_signum: int, _frame: object) -> None:
+    for hook in list(_dump_hooks):
+        try:
+            hook()
+        except Exception as exc:  # noqa: BLE001 - a diagnostic must not end the VMM
+            print(f"firelet: state dump failed: {exc}", file=sys.stderr)

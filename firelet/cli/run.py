@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_foreground(vm: Any, *, timeout: float | None, interactive: bool) -> int:
     """Start ``vm``, wait for its end with Ctrl-C/SIGTERM stopping it cleanly, report the outcome."""
-    from firelet.cli.lean import resume_gc
+    from firelet.cli.lean import on_dump_signal, resume_gc
     from firelet.cli.terminal import raw_terminal
     from firelet.vmm.exits import ExitKind, VmExit
 
@@ -124,7 +124,12 @@ def run_foreground(vm: Any, *, timeout: float | None, interactive: bool) -> int:
         if vm.vmm is not None:
             vm.vmm.stop(reason)
 
+    def report_vcpus() -> None:  # after the thread stacks on SIGUSR2 (firelet.cli.lean)
+        if vm.vmm is not None:
+            print("\n".join(f"firelet: {line}" for line in vm.vmm.describe_vcpus()), file=sys.stderr, flush=True)
+
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGHUP)}
+    remove_report = on_dump_signal(report_vcpus)
     try:
         with raw_terminal(interactive):
             vm.start()
@@ -138,12 +143,14 @@ def run_foreground(vm: Any, *, timeout: float | None, interactive: bool) -> int:
                     step = 0.5 if deadline is None else max(0.0, min(0.5, deadline - _now()))
                     outcome = vm.vmm.wait(step)
                     if outcome is None and deadline is not None and _now() >= deadline:
-                        vm.vmm.finish(VmExit(ExitKind.TIMEOUT, f"no end within {timeout:g} s"))
+                        where = "; ".join(vm.vmm.describe_vcpus())  # why it is stuck, if the guest is
+                        vm.vmm.finish(VmExit(ExitKind.TIMEOUT, f"no end within {timeout:g} s ({where})"))
                         outcome = vm.vmm.exit
                 except KeyboardInterrupt:
                     vm.vmm.stop("interrupted")
             vm.close()
     finally:
+        remove_report()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if not outcome.clean:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from firelet.kvm import structs as S
 from firelet.log import DEBUG, get_logger
@@ -24,6 +25,20 @@ from firelet.vmm.exits import ExitKind, VmExit
 log = get_logger(__name__)
 
 ExitCallback = Callable[[VmExit], None]
+
+#: Marks a vCPU state no guest can be in (see :meth:`Vcpu.describe_state`); tests look for it.
+IMPOSSIBLE_STATE = "not the guest's state, the host KVM's fault"
+_CR0_PG = 1 << 31  # Intel SDM vol. 3A §2.5: paging enabled
+_CR3_ROOT_MASK = ~0xFFF  # the page-table root is page-aligned; the low bits are flags (PCD, PWT, PCID)
+
+
+class GuestRam(Protocol):
+    def check_range(self, addr: int, length: int, /) -> bool: ...
+
+
+def impossible_page_table_root(cr0: int, cr3: int, memory: GuestRam) -> bool:
+    """Whether paging is on with its root table outside guest RAM: the vCPU could not take a step."""
+    return bool(cr0 & _CR0_PG) and not memory.check_range(cr3 & _CR3_ROOT_MASK & ((1 << 52) - 1), 4096)
 
 # Exit decoding straight from the kvm_run bytes (linux/kvm.h), cheaper than ctypes
 # attribute access on the hot path: exit_reason at offset 8, the exit union at 32.
@@ -161,16 +176,25 @@ class Vcpu:
                 self.on_exit(outcome)
                 return
 
-    def describe_state(self) -> str:
-        """Where the guest is (rip, rsp, cr3, mp_state, pending events): for a stuck guest's log line."""
+    def describe_state(self, memory: GuestRam | None = None) -> str:
+        """Where the guest is (rip, rsp, cr3, mp_state, pending events): for a stuck guest's report.
+
+        Read it only while the vCPU is out of ``KVM_RUN`` (paused or stopped): KVM holds
+        the vCPU's lock while the guest runs. With ``memory``, a page-table root outside
+        guest RAM is called out: no guest can run with it, so the state is not the
+        guest's own but the host KVM's fault (seen under nested virtualization).
+        """
         try:
             regs, sregs = self.fd.get_regs(), self.fd.get_sregs()
             events = self.fd.get_vcpu_events()
-            return (f"rip={regs.rip:#x} rsp={regs.rsp:#x} rflags={regs.rflags:#x} cr3={sregs.cr3:#x} "
+            text = (f"rip={regs.rip:#x} rsp={regs.rsp:#x} rflags={regs.rflags:#x} cr3={sregs.cr3:#x} "
                     f"mp_state={self.fd.get_mp_state()} irq_pending={events.interrupt.injected} "
                     f"nmi_pending={events.nmi.pending}")
         except Exception as exc:  # noqa: BLE001 - a diagnostic must never fail the stop
             return f"state unavailable ({exc})"
+        if memory is not None and impossible_page_table_root(sregs.cr0, sregs.cr3, memory):
+            text += f" ({IMPOSSIBLE_STATE}: cr3 is outside guest RAM)"
+        return text
 
     def _classify(self, run, reason: int) -> VmExit | None:
         """Turn an exit that is not device I/O into the VM's outcome (None: keep running)."""

@@ -112,6 +112,23 @@ class Vmm:
         self.event_loop.stop()
         self._done.set()
 
+    def describe_vcpus(self) -> list[str]:
+        """Each vCPU's registers, ``"vCPU N: rip=..."``: for a guest that seems stuck.
+
+        A running VM is paused for the moment it takes (KVM only hands out a vCPU's
+        registers while it is out of the guest) and resumed.
+        """
+        if not self._started or self._done.is_set() or not self.gate.running.is_set():
+            return [f"vCPU {v.index}: {v.describe_state(self.memory)}" for v in self.vcpus]
+        try:
+            self.pause()
+        except TimeoutError as exc:
+            return [f"vCPUs: {exc}"]
+        try:
+            return [f"vCPU {v.index}: {v.describe_state(self.memory)}" for v in self.vcpus]
+        finally:
+            self.resume()
+
     def stop(self, detail: str = "") -> None:
         self.finish(VmExit(ExitKind.STOPPED, detail))
 

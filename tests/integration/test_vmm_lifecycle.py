@@ -70,3 +70,35 @@ def test_interactive_console_carries_keystrokes_to_the_guest(kernel, rootfs: Pat
         if proc.poll() is None:
             proc.kill()
         os.close(master)
+
+
+def test_sigusr2_reports_thread_stacks_and_vcpu_registers_and_the_guest_runs_on(kernel, rootfs: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "firelet", "run", "--kernel", str(kernel.vmlinux), "--rootfs", str(rootfs), "--ro",
+         "--cmd", "echo guest-is-up; sleep 5; echo still-running"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )
+    try:
+        _read_until(proc.stdout.fileno(), b"guest-is-up", BOOT_TIMEOUT_S)
+        proc.send_signal(signal.SIGUSR2)
+        report = _read_until(proc.stderr.fileno(), b"firelet: vCPU 0: rip=", 60)
+        assert b"most recent call first" in report  # every thread's stack came first
+        _read_until(proc.stdout.fileno(), b"still-running", 60)  # paused for the report, then resumed
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    line = next(x for x in report.decode().splitlines() if x.startswith("firelet: vCPU 0: rip="))
+    assert "cr3=" in line and "not the guest's state" not in line
+
+
+def test_timeout_stops_the_vm_and_says_where_each_vcpu_was(kernel, rootfs: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "firelet", "run", "--kernel", str(kernel.vmlinux), "--rootfs", str(rootfs), "--ro",
+         "--cmd", "sleep 600", "--timeout", "30", "--console", "none"],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=BOOT_TIMEOUT_S,
+    )
+    assert result.returncode == 124, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr  # one line for people
+    assert "timed out: no end within 30 s (vCPU 0: rip=" in result.stderr
+    assert "not the guest's state" not in result.stderr
