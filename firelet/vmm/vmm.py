@@ -118,16 +118,18 @@ class Vmm:
         A running VM is paused for the moment it takes (KVM only hands out a vCPU's
         registers while it is out of the guest) and resumed.
         """
-        if not self._started or self._done.is_set() or not self.gate.running.is_set():
-            return [f"vCPU {v.index}: {v.describe_state(self.memory)}" for v in self.vcpus]
-        try:
-            self.pause()
-        except TimeoutError as exc:
-            return [f"vCPUs: {exc}"]
+        running = self._started and not self._done.is_set() and self.gate.running.is_set()
+        if running:
+            try:
+                self.pause()
+            except TimeoutError as exc:  # some vCPU is busy in the VMM: let them all run on
+                self.resume()
+                return [f"vCPUs: {exc}"]
         try:
             return [f"vCPU {v.index}: {v.describe_state(self.memory)}" for v in self.vcpus]
         finally:
-            self.resume()
+            if running:
+                self.resume()
 
     def stop(self, detail: str = "") -> None:
         self.finish(VmExit(ExitKind.STOPPED, detail))
