@@ -61,23 +61,32 @@ def rootfs(rootfs_template: Path, tmp_path: Path) -> Path:
 def boot(kernel_path: Path, *, timeout: float = BOOT_TIMEOUT_S, **kwargs):  # noqa: ANN201
     """Boot a MicroVM to its end; returns (outcome, console text, guest exit status)."""
     import faulthandler
+    import threading
 
     from firelet import MicroVM
     from firelet.images import parse_exit_status
 
-    # A build or start that never returns leaves every thread's stack in the output.
-    faulthandler.dump_traceback_later(timeout, exit=False)
-    vm = MicroVM(kernel_path, **kwargs)
+    # A build or start that never returns leaves every thread's stack in the output: dumped
+    # from a Python thread, holding the GIL (faulthandler's own timer thread reads the frames
+    # of running threads without it, which can crash the process; firelet.cli.lean).
+    watchdog = threading.Timer(timeout, faulthandler.dump_traceback, kwargs={"all_threads": True})
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        vm = MicroVM(kernel_path, **kwargs)
+    except BaseException:
+        watchdog.cancel()
+        raise
     try:
         vm.start()
-        faulthandler.cancel_dump_traceback_later()
+        watchdog.cancel()
         if vm.vmm.wait(timeout) is None:  # stuck: show where every thread and vCPU is before stopping it
             faulthandler.dump_traceback(all_threads=True)
             exit_if_the_rig_corrupted_a_vcpu("\n".join(vm.vmm.describe_vcpus()))
         outcome = vm.wait(timeout=0)
         text = vm.console.text()
     finally:
-        faulthandler.cancel_dump_traceback_later()
+        watchdog.cancel()
         vm.close()
     return outcome, text, parse_exit_status(text)
 
