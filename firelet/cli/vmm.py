@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show-level", action="store_true", help="put the level in each log line")
     p.add_argument("--show-log-origin", action="store_true", help="put the source file and line in each log line")
     p.add_argument("--metrics-path", metavar="PATH", help="file or named pipe for JSON metrics lines")
-    p.add_argument("--boot-timer", action="store_true", help="accepted; boot-time reporting is not implemented yet")
+    p.add_argument("--boot-timer", action="store_true",
+                   help="log the guest's boot time when it writes 123 to the first MMIO window (0xd0000000)")
     p.add_argument("--http-api-max-payload-size", type=int, default=DEFAULT_MAX_PAYLOAD, metavar="BYTES")
     p.add_argument("--mmds-size-limit", type=int, metavar="BYTES", help="MMDS data store limit (default: the payload limit)")
     p.add_argument("--no-seccomp", action="store_true", help="accepted; seccomp lands with the jailer")
@@ -231,7 +232,7 @@ def _make_backend(args: argparse.Namespace, api: Api) -> VmmBackend:
             console = FdSink(open_sink(serial.serial_out_path))
         except OSError as exc:
             raise BackendError(f"cannot open serial_out_path {serial.serial_out_path}: {exc.strerror}") from None
-    return VmmController(instance_id=args.id, console=console)
+    return VmmController(instance_id=args.id, console=console, boot_timer=args.boot_timer)
 
 
 def _close_backend(backend: Any) -> None:

@@ -25,6 +25,7 @@ from firelet.vmm.config import Drive, VmConfig, check_startable
 from firelet.vmm.console import NullSink, Sink
 
 if TYPE_CHECKING:  # pragma: no cover - imported by build_vmm once the kernel is loading
+    from firelet.devices.pseudo.boot_timer import BootTimer
     from firelet.vmm.event_loop import EventLoop
     from firelet.vmm.vmm import Vmm
 
@@ -162,8 +163,12 @@ def build_vmm(
     *,
     kvm_path: str = "/dev/kvm",
     event_loop: EventLoop | None = None,
+    boot_timer: BootTimer | None = None,
 ) -> Vmm:
-    """Build every part of the microVM; the returned :class:`Vmm` is ready to ``start()``."""
+    """Build every part of the microVM; the returned :class:`Vmm` is ready to ``start()``.
+
+    ``boot_timer``: Firecracker's ``--boot-timer`` device, in the first MMIO window.
+    """
     from firelet.vmm.memory import GuestMemory
 
     check_inputs(config)
@@ -203,9 +208,11 @@ def build_vmm(
             from firelet.vmm.coalesced import CoalescedRing
 
             vmm.coalesced_ring = CoalescedRing()
-        from firelet.vmm.device_manager import attach_devices, device_cmdline, plan_virtio
+        from firelet.vmm.device_manager import attach_boot_timer, attach_devices, device_cmdline, plan_virtio
 
-        plan = plan_virtio(config)
+        plan = plan_virtio(config, first_window=1 if boot_timer is not None else 0)
+        if boot_timer is not None:
+            attach_boot_timer(vmm, boot_timer)
         # The devices are made before any vCPU exists, their KVM registrations (irqfds,
         # ioeventfds, the UART's coalesced zone) queued after the irqchip on the helper
         # thread. (Making them as the vCPUs started, a vCPU waiting at its first access to

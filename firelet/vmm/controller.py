@@ -39,9 +39,12 @@ def fold_device_metrics(vmm: Any) -> None:
 
 
 class VmmController:
-    def __init__(self, instance_id: str = "anonymous-instance", console: Any = None) -> None:
+    def __init__(self, instance_id: str = "anonymous-instance", console: Any = None, *,
+                 boot_timer: bool = False) -> None:
         self.instance_id = instance_id
         self._console = console
+        #: Firecracker's ``--boot-timer``: log the guest's boot time, counted from the start request.
+        self._boot_timer = boot_timer
         self.loop = EventLoop()
         self.loop.start()
         self.vmm: Any = None
@@ -77,8 +80,13 @@ class VmmController:
 
         if self.vmm is not None:
             raise BackendError("the microVM is already running")
+        timer = None
+        if self._boot_timer:
+            from firelet.devices.pseudo.boot_timer import BootTimer, Timestamp
+
+            timer = BootTimer(Timestamp.now(), report=log.info)
         console = ConsoleSpec(self._console if self._console is not None else FdSink(1))
-        self.vmm = build_vmm(config, console, event_loop=self.loop)
+        self.vmm = build_vmm(config, console, event_loop=self.loop, boot_timer=timer)
         self.config = config
         self.vmm.start()
         threading.Thread(target=self._watch, name="fl-watch", daemon=True).start()

@@ -22,6 +22,7 @@ from firelet.vmm import layout
 from firelet.vmm.exits import ExitKind, VmExit
 
 if TYPE_CHECKING:  # pragma: no cover
+    from firelet.devices.pseudo.boot_timer import BootTimer
     from firelet.vmm.builder import ConsoleSpec
     from firelet.vmm.config import Drive, VmConfig
     from firelet.vmm.vmm import Vmm
@@ -63,11 +64,12 @@ class VirtioSlot(NamedTuple):
     irq: int
 
 
-def plan_virtio(config: VmConfig) -> list[tuple[Drive, VirtioSlot]]:
+def plan_virtio(config: VmConfig, *, first_window: int = 0) -> list[tuple[Drive, VirtioSlot]]:
     """Each virtio device's window and IRQ, in order (the root drive first: /dev/vda).
 
     Known before any device exists, so the kernel command line can announce them
-    while the devices themselves are still being made.
+    while the devices themselves are still being made. ``first_window`` skips the
+    MMIO windows other devices hold (the boot timer's).
     """
     from firelet.vmm.builder import ordered_drives
 
@@ -76,7 +78,8 @@ def plan_virtio(config: VmConfig) -> list[tuple[Drive, VirtioSlot]]:
         irq = layout.IRQ_BASE + index
         if irq > layout.IRQ_MAX:
             raise UsageError(f"too many virtio devices: at most {layout.IRQ_MAX - layout.IRQ_BASE + 1}")
-        plan.append((drive, VirtioSlot(layout.VIRTIO_MMIO_START + index * layout.VIRTIO_MMIO_SIZE, irq)))
+        base = layout.VIRTIO_MMIO_START + (first_window + index) * layout.VIRTIO_MMIO_SIZE
+        plan.append((drive, VirtioSlot(base, irq)))
     return plan
 
 
@@ -104,6 +107,12 @@ def attach_devices(vmm: Vmm, plan: list[tuple[Drive, VirtioSlot]], console: Cons
         vmm.resources.closers.append(device.close)
         vmm.devices[f"block:{drive.drive_id}"] = device
         _attach_virtio(vmm, device, slot, later)
+
+
+def attach_boot_timer(vmm: Vmm, timer: BootTimer) -> None:
+    """Firecracker's boot timer in the first MMIO window (plan the virtio devices after it)."""
+    vmm.mmio_bus.insert(timer, layout.BOOT_TIMER_START, layout.VIRTIO_MMIO_SIZE)
+    vmm.devices["boot_timer"] = timer
 
 
 def _attach_serial(vmm: Vmm, console: ConsoleSpec, later: Later | None) -> None:

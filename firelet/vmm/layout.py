@@ -55,9 +55,12 @@ MMIO_GAP_SIZE = MMIO_GAP_END - MMIO_GAP_START
 IOAPIC_START = 0xFEC00000
 APIC_START = 0xFEE00000
 
-#: virtio-mmio devices: one 4 KiB window each, from the start of the gap.
+#: MMIO devices: one 4 KiB window each, from the start of the gap. With Firecracker's
+#: ``--boot-timer`` its boot timer takes the first window (where Firecracker's docs and
+#: guests expect it) and the virtio devices the ones after it.
 VIRTIO_MMIO_START = MMIO_GAP_START
 VIRTIO_MMIO_SIZE = 0x1000
+BOOT_TIMER_START = MMIO_GAP_START
 #: Legacy IRQs 0-4 are taken (PIT, keyboard, cascade, COM2, COM1); virtio uses 5..23.
 IRQ_BASE = 5
 IRQ_MAX = 23

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -114,3 +115,41 @@ def test_same_configuration_boots_from_config_file(kernel, rootfs: Path, tmp_pat
     assert result.returncode == 0, result.stderr
     assert MARKER in _serial_text(serial_out)
     assert "FIRELET-EXIT status=0" in _serial_text(serial_out)
+
+
+BOOT_TIME = re.compile(r"Guest-boot-time =\s+(\d+) us (\d+) ms,\s+(\d+) CPU us (\d+) CPU ms")
+
+
+def _boot_signalling_the_timer(kernel: Any, rootfs: Path, tmp_path: Path, *flags: str) -> tuple[str, str]:
+    """Boot from --config-file with the guest writing the boot-complete byte; (serial text, VMM log)."""
+    serial_out, log = tmp_path / "serial.out", tmp_path / "vmm.log"
+    config = _vm_config(kernel, rootfs, serial_out)
+    config["boot-source"]["boot_args"] = ("console=ttyS0 reboot=k panic=-1 "
+                                          + guest_cmdline_for("devmem 0xd0000000 8 123 && echo signalled"))
+    config_path = tmp_path / "vm.json"
+    config_path.write_text(json.dumps(config))
+    result = subprocess.run([sys.executable, "-m", "firelet.cli.vmm", "--no-api", "--config-file", str(config_path),
+                             "--log-path", str(log), "--level", "Info", *flags],
+                            env=_env(), capture_output=True, text=True, timeout=BOOT_TIMEOUT_S)
+    assert result.returncode == 0, result.stderr
+    return _serial_text(serial_out), log.read_text()
+
+
+def test_boot_timer_logs_the_guests_boot_time(kernel, rootfs: Path, tmp_path: Path) -> None:
+    # Firecracker's --boot-timer: the timer holds the first MMIO window, so the root disk
+    # (the guest booted from it) moved to the next one
+    serial, log = _boot_signalling_the_timer(kernel, rootfs, tmp_path, "--boot-timer")
+    assert "signalled" in serial and "FIRELET-EXIT status=0" in serial
+    found = BOOT_TIME.findall(log)
+    assert len(found) == 1, log
+    wall_us, wall_ms, cpu_us, cpu_ms = map(int, found[0])
+    assert wall_us > 0 and wall_ms == wall_us // 1000 and cpu_ms == cpu_us // 1000
+    assert cpu_us < wall_us * 2  # the VMM's CPU time, two threads at most busy at once
+
+
+def test_without_the_boot_timer_the_byte_reaches_the_disk_window_harmlessly(kernel, rootfs: Path,
+                                                                           tmp_path: Path) -> None:
+    # a guest poking the first virtio window's read-only magic register: ignored, no boot time
+    serial, log = _boot_signalling_the_timer(kernel, rootfs, tmp_path)
+    assert "signalled" in serial and "FIRELET-EXIT status=0" in serial
+    assert "Guest-boot-time" not in log
