@@ -29,6 +29,8 @@ log = logging.getLogger("firelet.vmm")
 DEFAULT_API_SOCK = "/run/firecracker.socket"  # Firecracker's default --api-sock
 DEFAULT_INSTANCE_ID = "anonymous-instance"
 _ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # Firecracker: alphanumerics and '-', at most 64
+#: How long SIGUSR2's vCPU report waits for the event loop (a pause itself gives up after 5 s).
+_REPORT_TIMEOUT_S = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
     server = None
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
+    from firelet.cli.lean import on_dump_signal
+
+    remove_report = on_dump_signal(lambda: _report_vcpus(api.backend))
     try:
         _setup_metrics(api, args, cfg)  # before the socket answers: FlushMetrics must find it
         if not args.no_api:
@@ -134,12 +139,29 @@ def run(args: argparse.Namespace) -> int:
     except _Terminated:
         return 0
     finally:
+        remove_report()
         if server is not None:
             server.stop()
             remove_socket_file(args.api_sock)
         _close_backend(api.backend)
         if api.metrics_writer is not None:
             api.metrics_writer.close()
+
+
+def _report_vcpus(backend: Any) -> None:
+    """After the thread stacks on SIGUSR2: each vCPU's registers, if a VM runs.
+
+    Read on the event loop, in turn with API calls: a pause or resume from a client
+    cannot interleave with the moment the report pauses the vCPUs.
+    """
+    vmm = getattr(backend, "vmm", None)
+    if vmm is None:
+        return
+    try:
+        lines = backend.submit(vmm.describe_vcpus).result(timeout=_REPORT_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic must not end the VMM
+        lines = [f"vCPU state unavailable ({type(exc).__name__}: {exc})"]
+    print("\n".join(f"firelet-vmm: {line}" for line in lines), file=sys.stderr, flush=True)
 
 
 def _setup_logger(api: Api, args: argparse.Namespace) -> None:

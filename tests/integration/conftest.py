@@ -8,10 +8,12 @@ they never skip: without real KVM they fail, saying how to run them.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +91,26 @@ def boot(kernel_path: Path, *, timeout: float = BOOT_TIMEOUT_S, **kwargs):  # no
         watchdog.cancel()
         vm.close()
     return outcome, text, parse_exit_status(text)
+
+
+def read_until(fd: int, needle: bytes, timeout: float) -> bytes:
+    """Read ``fd`` (a pipe or pty) until ``needle`` shows; what was read. Fails on timeout or EOF first."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"no {needle!r} within {timeout} s; got {seen[-1500:]!r}")
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # a pty whose other side closed
+                chunk = b""
+            if not chunk:
+                raise AssertionError(f"no {needle!r} before the end of the output; got {seen[-1500:]!r}")
+            seen += chunk
+    return seen
 
 
 def read_file_in_image(image: Path, path: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import BOOT_TIMEOUT_S
+from conftest import BOOT_TIMEOUT_S, read_until
 
 from firelet.cache import repo_root
 from firelet.images import guest_cmdline_for
@@ -91,6 +92,10 @@ def test_full_boot_through_the_api_socket(kernel, rootfs: Path, tmp_path: Path) 
         assert _ok(sock, "GET", "/")["state"] == "Paused"
         _ok(sock, "PATCH", "/vm", {"state": "Resumed"})
         assert _ok(sock, "GET", "/")["state"] == "Running"
+        proc.send_signal(signal.SIGUSR2)  # a stuck-VMM report: thread stacks, then vCPU registers
+        report = read_until(proc.stderr.fileno(), b"firelet-vmm: vCPU 0: rip=", 60).decode()
+        assert "most recent call first" in report and "cr3=" in report.rsplit("vCPU 0: rip=", 1)[1]
+        assert _ok(sock, "GET", "/")["state"] == "Running"  # paused only for the report
         exported = _ok(sock, "GET", "/vm/config")
         assert exported["drives"][0]["path_on_host"] == str(rootfs)
 

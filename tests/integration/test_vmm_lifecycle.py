@@ -5,32 +5,13 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
-import select
 import signal
 import subprocess
 import sys
 import termios
-import time
 from pathlib import Path
 
-from conftest import BOOT_TIMEOUT_S, read_file_in_image
-
-
-def _read_until(fd: int, needle: bytes, timeout: float) -> bytes:
-    seen = b""
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"no {needle!r} within {timeout} s; got {seen[-1500:]!r}")
-        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # the other side closed
-                break
-            seen += chunk
-    return seen
+from conftest import BOOT_TIMEOUT_S, read_file_in_image, read_until
 
 
 def test_sigterm_stops_the_vm_cleanly_and_keeps_written_data(kernel, rootfs: Path) -> None:
@@ -40,7 +21,7 @@ def test_sigterm_stops_the_vm_cleanly_and_keeps_written_data(kernel, rootfs: Pat
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )
     try:
-        _read_until(proc.stdout.fileno(), b"guest-is-up", BOOT_TIMEOUT_S)
+        read_until(proc.stdout.fileno(), b"guest-is-up", BOOT_TIMEOUT_S)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0  # stopped by the host: a clean end
         assert b"Traceback" not in proc.stderr.read()
@@ -61,9 +42,9 @@ def test_interactive_console_carries_keystrokes_to_the_guest(kernel, rootfs: Pat
     )
     os.close(slave)
     try:
-        _read_until(master, b"type-something", BOOT_TIMEOUT_S)
+        read_until(master, b"type-something", BOOT_TIMEOUT_S)
         os.write(master, b"hello-guest\r")
-        out = _read_until(master, b"got-hello-guest", 60)
+        out = read_until(master, b"got-hello-guest", 60)
         assert b"got-hello-guest" in out
         assert proc.wait(60) == 0
     finally:
@@ -79,11 +60,11 @@ def test_sigusr2_reports_thread_stacks_and_vcpu_registers_and_the_guest_runs_on(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )
     try:
-        _read_until(proc.stdout.fileno(), b"guest-is-up", BOOT_TIMEOUT_S)
+        read_until(proc.stdout.fileno(), b"guest-is-up", BOOT_TIMEOUT_S)
         proc.send_signal(signal.SIGUSR2)
-        report = _read_until(proc.stderr.fileno(), b"firelet: vCPU 0: rip=", 60)
+        report = read_until(proc.stderr.fileno(), b"firelet: vCPU 0: rip=", 60)
         assert b"most recent call first" in report  # every thread's stack came first
-        _read_until(proc.stdout.fileno(), b"still-running", 60)  # paused for the report, then resumed
+        read_until(proc.stdout.fileno(), b"still-running", 60)  # paused for the report, then resumed
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:

@@ -131,3 +131,38 @@ def test_config_file_that_cannot_start_fails_cleanly(tmp_path: Path) -> None:
 def test_version_flag() -> None:
     result = subprocess.run(_vmm("--version"), env=_env(), capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and result.stdout.startswith("firelet-vmm v")
+
+
+class _Loop:
+    """A backend's submit(): runs the call at once, as the event loop would."""
+
+    def __init__(self, vmm: object) -> None:
+        self.vmm = vmm
+
+    def submit(self, fn):  # noqa: ANN001, ANN201
+        from concurrent.futures import Future
+
+        future: Future[object] = Future()
+        try:
+            future.set_result(fn())
+        except Exception as exc:  # noqa: BLE001
+            future.set_exception(exc)
+        return future
+
+
+def test_sigusr2_vcpu_report_comes_from_the_event_loop_and_never_fails(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from firelet.cli import vmm as cli
+
+    cli._report_vcpus(None)  # no VM yet: the stacks alone
+    cli._report_vcpus(SimpleNamespace(vmm=None))
+    assert capsys.readouterr().err == ""
+    cli._report_vcpus(_Loop(SimpleNamespace(describe_vcpus=lambda: ["vCPU 0: rip=0x1", "vCPU 1: rip=0x2"])))
+    assert capsys.readouterr().err == "firelet-vmm: vCPU 0: rip=0x1\nfirelet-vmm: vCPU 1: rip=0x2\n"
+
+    def stuck() -> list[str]:
+        raise TimeoutError("vCPUs did not stop within 5 s")
+
+    cli._report_vcpus(_Loop(SimpleNamespace(describe_vcpus=stuck)))
+    assert capsys.readouterr().err == "firelet-vmm: vCPU state unavailable (TimeoutError: vCPUs did not stop within 5 s)\n"
