@@ -72,9 +72,10 @@ def dump_stacks_on_signal() -> None:
     holding the GIL, then the :func:`on_dump_signal` hooks run (each vCPU's
     registers, say). Not from faulthandler's C signal handler: that one reads
     every thread's frames without the GIL, while a vCPU thread returning from an
-    ioctl frees them, and it crashed the VMM (SIGSEGV) in ~1 dump in 5 of a
-    running guest. The main thread of ``firelet run`` wakes at least every 0.5 s,
-    so the handler runs promptly. (vCPU kicks use SIGRTMIN+1.)
+    ioctl frees them, and it crashed ``firelet run`` (SIGSEGV) in 3 of 14 dumps
+    of a running guest in the rig. The main threads of ``firelet run`` and
+    ``firelet-vmm`` wake at least every 0.5 s, so the handler runs promptly even
+    when the signal lands on another thread. (vCPU kicks use SIGRTMIN+1.)
     """
     import signal
 
