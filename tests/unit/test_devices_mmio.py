@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from virtio_utils import DriverQueue, mmio_device_features, mmio_init, mmio_read32, mmio_setup_queue, mmio_write32, new_memory
 
 from firelet.devices.interrupt import CountingInterrupt
@@ -283,3 +285,48 @@ def test_a_promptly_acknowledged_interrupt_is_never_raised_twice(setup) -> None:
         mmio_write32(transport, mmio.INTERRUPT_ACK, mmio.VIRTIO_MMIO_INT_VRING)
         transport.rearm_interrupt()
     assert irq.count == 3
+
+
+# -- a hostile driver: any register, any width, any value, in any order ---------------
+_REGISTERS = [v for k, v in vars(mmio).items() if k.isupper() and isinstance(v, int) and v < mmio.WINDOW_SIZE
+              and not k.startswith(("STATUS_", "VIRTIO_", "MMIO_", "VENDOR_ID_"))]
+_OFFSETS = st.one_of(st.sampled_from(_REGISTERS), st.integers(0, mmio.WINDOW_SIZE - 1))
+_VALUES = st.one_of(st.sampled_from([0, 1, 2, 4, 8, 15, 16, 64, 128, 0xFF, 0x10000, 0xFFFFFFFF]),
+                    st.integers(0, 0xFFFFFFFF))
+_OPS = st.one_of(
+    st.tuples(st.just("write"), _OFFSETS, st.sampled_from([1, 2, 4, 8]), _VALUES),
+    st.tuples(st.just("read"), _OFFSETS, st.sampled_from([1, 2, 4, 8]), st.just(0)),
+    st.tuples(st.just("notify"), st.integers(0, 3), st.just(0), st.just(0)),
+    st.tuples(st.just("init"), st.just(0), st.just(0), st.just(0)),  # a well-behaved probe in between
+    st.tuples(st.just("scribble"), st.integers(0, 0x30000), st.integers(1, 64), _VALUES),  # rings overwritten
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ops=st.lists(_OPS, max_size=40))
+def test_any_register_sequence_from_the_guest_keeps_the_transport_sane(ops) -> None:  # noqa: ANN001
+    mem = new_memory()
+    device, irq = _EchoDevice(), CountingInterrupt()
+    transport = mmio.MmioTransport(mem, device, irq)
+    drvs = [DriverQueue(mem, 16, base=0x10000, data_start=0x100000),
+            DriverQueue(mem, 8, base=0x20000, data_start=0x200000)]
+    for op, a, b, c in ops:
+        if op == "write":
+            transport.write(a, (c & (1 << 8 * b) - 1).to_bytes(b, "little"))
+        elif op == "read":
+            transport.read(a, memoryview(bytearray(b)))
+        elif op == "notify":
+            transport.notify(a)  # a queue index the guest picked: any, valid or not
+        elif op == "init":
+            mmio_init(transport, drvs)
+            drvs[0].add_chain([(0x100000, 8, False)])
+            transport.notify(0)
+        else:
+            mem.write(a, (c.to_bytes(4, "little") * 16)[:b])
+        # whatever came before, the device still identifies itself and reports a status it can hold
+        assert mmio_read32(transport, mmio.MAGIC_VALUE) == mmio.MMIO_MAGIC
+        assert mmio_read32(transport, mmio.VERSION) == mmio.MMIO_VERSION
+        assert mmio_read32(transport, mmio.STATUS) <= 0xFF
+    mmio_write32(transport, mmio.STATUS, 0)  # and a reset always brings it back to the start
+    assert mmio_read32(transport, mmio.STATUS) == 0
+    assert mmio_init(transport, drvs) & mmio.STATUS_DRIVER_OK
