@@ -13,6 +13,7 @@ config file and the API produce, so all three paths build VMs the same way.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from firelet.vmm.console import ConsoleBuffer, FdSink, Sink
@@ -40,12 +41,16 @@ class MicroVM:
         interactive: bool = False,
         config: Any = None,
         kvm_path: str = "/dev/kvm",
+        boot_timer: bool | Callable[[str], None] = False,
     ) -> None:
         """Describe a microVM (nothing is built until :meth:`start`).
 
         ``cmd`` runs a shell command in firelet's guest image (its init reads it
         from the command line); ``console`` is where serial output goes (default:
         kept in :attr:`console`, a :class:`ConsoleBuffer`, also written to ``tee``).
+        ``boot_timer`` adds Firecracker's boot timer (the guest writes 123 to
+        0xd0000000 when it has booted): its ``Guest-boot-time`` line goes to the log,
+        or to this callable; :attr:`boot_times` holds the times.
         """
         from firelet.vmm.config import VmConfig, convert
 
@@ -81,6 +86,7 @@ class MicroVM:
         self.console = ConsoleBuffer(tee=tee) if console is None else console
         self._interactive = interactive
         self._kvm_path = kvm_path
+        self._boot_timer = boot_timer
         self.vmm = None
 
     @classmethod
@@ -96,9 +102,22 @@ class MicroVM:
         if self.vmm is not None:
             raise RuntimeError("this MicroVM was already started")
         spec = ConsoleSpec(self.console, input_fd=0 if self._interactive else None)
-        self.vmm = build_vmm(self.config, spec, kvm_path=self._kvm_path)
+        timer = None
+        if self._boot_timer:
+            from firelet.devices.pseudo.boot_timer import BootTimer, Timestamp
+            from firelet.log import get_logger
+
+            report = self._boot_timer if callable(self._boot_timer) else get_logger(__name__).info
+            timer = BootTimer(Timestamp.now(), report)  # counted from the start request, as Firecracker does
+        self.vmm = build_vmm(self.config, spec, kvm_path=self._kvm_path, boot_timer=timer)
         self.vmm.start()
         return self
+
+    @property
+    def boot_times(self) -> list[tuple[int, int]]:
+        """With ``boot_timer``: each boot-complete signal's ``(wall µs, CPU µs)`` since :meth:`start`."""
+        timer = self.vmm.devices.get("boot_timer") if self.vmm is not None else None
+        return list(timer.boot_times) if timer is not None else []
 
     def wait(self, timeout: float | None = None) -> VmExit:
         """Wait for the guest to end; on timeout the VM is stopped and the outcome says so."""

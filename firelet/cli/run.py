@@ -35,6 +35,8 @@ def register(sub: Any) -> None:
         help="where the guest's serial console goes (default stdio)",
     )
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop the VM after S seconds")
+    p.add_argument("--boot-timer", action="store_true",
+                   help="print the guest's boot time when it writes 123 to 0xd0000000 (Firecracker's boot timer)")
     p.add_argument("--kvm-device", default="/dev/kvm", metavar="PATH", help=argparse.SUPPRESS)
     p.set_defaults(func=run)
 
@@ -85,7 +87,8 @@ def build_microvm(args: argparse.Namespace, sink: Any, interactive: bool):  # no
         if args.kernel or args.rootfs or args.drive or args.initrd:
             raise UsageError("--config-file describes the whole VM; do not combine it with --kernel/--rootfs/--drive/--initrd")
         config = load_config_file(args.config_file)
-        return MicroVM(config=config, console=sink, interactive=interactive, kvm_path=args.kvm_device)
+        return MicroVM(config=config, console=sink, interactive=interactive, kvm_path=args.kvm_device,
+                       boot_timer=_boot_time_printer(args))
     if not args.kernel:
         raise UsageError("no kernel: give --kernel PATH (or --config-file); `firelet build kernel` makes one")
     return MicroVM(
@@ -101,7 +104,15 @@ def build_microvm(args: argparse.Namespace, sink: Any, interactive: bool):  # no
         console=sink,
         interactive=interactive,
         kvm_path=args.kvm_device,
+        boot_timer=_boot_time_printer(args),
     )
+
+
+def _boot_time_printer(args: argparse.Namespace) -> Any:
+    """With --boot-timer: print Firecracker's ``Guest-boot-time`` line to stderr as the guest signals."""
+    if not args.boot_timer:
+        return False
+    return lambda line: print(f"firelet: {line}", file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

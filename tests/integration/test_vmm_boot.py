@@ -72,3 +72,23 @@ def test_read_only_drive_refuses_writes(kernel, rootfs: Path, tmp_path: Path) ->
     assert "dd=0" not in text and "dd=" in text
     assert data.read_bytes() == b"\xab" * (1 << 20)
 
+
+
+SIGNAL_BOOTED = "devmem 0xd0000000 8 123; echo signalled"  # Firecracker's boot-timer byte, from the guest
+
+
+def test_firelet_run_boot_timer_prints_the_boot_time(kernel, rootfs: Path) -> None:
+    result = firelet_cli("run", "--kernel", str(kernel.vmlinux), "--rootfs", str(rootfs), "--ro",
+                         "--console", "none", "--cmd", SIGNAL_BOOTED, "--boot-timer")
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"firelet: Guest-boot-time = +\d+ us \d+ ms, +\d+ CPU us \d+ CPU ms",
+                                            lines[0]), result.stderr
+
+
+def test_microvm_boot_timer_reports_to_a_callable(kernel, rootfs: Path) -> None:
+    lines: list[str] = []
+    outcome, text, status = boot(kernel.vmlinux, rootfs=rootfs, read_only=True, cmd=SIGNAL_BOOTED,
+                                 boot_timer=lines.append)
+    assert outcome.clean and status == 0 and "signalled" in text, text[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("Guest-boot-time = "), lines

@@ -26,7 +26,7 @@ def test_the_boot_complete_byte_logs_wall_and_cpu_time_since_the_start() -> None
     timer = _timer(reported)
     timer.write(0, bytes([BOOT_COMPLETE]))
     assert reported == ["Guest-boot-time = 2500000 us 2500 ms, 812345 CPU us 812 CPU ms"]
-    assert timer.lines == reported
+    assert timer.boot_times == [(2_500_000, 812_345)]
     assert FIRECRACKER_REGEX.search(reported[0])[1] == "2500000"
 
 
@@ -60,3 +60,18 @@ def test_the_virtio_devices_move_up_one_window_behind_the_boot_timer() -> None:
     assert [slot.base for _, slot in behind] == [0xD0001000, 0xD0002000, 0xD0003000]
     assert [slot.irq for _, slot in behind] == [slot.irq for _, slot in plain]  # the timer takes no IRQ
     assert layout.BOOT_TIMER_START == 0xD0000000
+
+
+def test_microvm_boot_times_come_from_its_timer() -> None:
+    from types import SimpleNamespace
+
+    from firelet import MicroVM
+
+    vm = MicroVM("/nonexistent/vmlinux", boot_timer=True)
+    assert vm.boot_times == []  # not started
+    timer = _timer([])
+    timer.write(0, bytes([BOOT_COMPLETE]))
+    vm.vmm = SimpleNamespace(devices={"boot_timer": timer})
+    assert vm.boot_times == [(2_500_000, 812_345)]
+    vm.vmm = SimpleNamespace(devices={})  # built without the timer
+    assert vm.boot_times == []

@@ -50,8 +50,8 @@ class BootTimer:
         self._report = report
         self._clock = clock
         self._lock = threading.Lock()
-        #: The boot times seen, as ``Guest-boot-time`` lines (a guest may signal more than once).
-        self.lines: list[str] = []
+        #: Each signal's time since the start, ``(wall_us, cpu_us)`` (a guest may signal more than once).
+        self.boot_times: list[Timestamp] = []
 
     def read(self, offset: int, data: memoryview) -> None:
         data[:] = bytes(len(data))
@@ -59,7 +59,7 @@ class BootTimer:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         if offset != 0 or len(data) != 1 or data[0] != BOOT_COMPLETE:  # as Firecracker: one byte at 0
             return
-        line = boot_time_line(self.start, self._clock())
+        now = self._clock()
         with self._lock:
-            self.lines.append(line)
-        self._report(line)
+            self.boot_times.append(Timestamp(now.wall_us - self.start.wall_us, now.cpu_us - self.start.cpu_us))
+        self._report(boot_time_line(self.start, now))
