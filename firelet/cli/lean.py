@@ -85,8 +85,8 @@ def dump_stacks_on_signal() -> None:
 def _dump_stacks_and_run_hooks(_signum: int, _frame: object) -> None:
     import faulthandler
 
-    sys.stderr.flush()
     try:  # under the GIL: no thread can pop a frame while faulthandler reads it
+        sys.stderr.flush()
         faulthandler.dump_traceback(sys.stderr, all_threads=True)
     except (OSError, ValueError, AttributeError) as exc:  # stderr closed or not a real file
         print(f"firelet: thread stacks unavailable: {exc}", file=sys.stderr)
