@@ -7,9 +7,9 @@ ones and writes are dropped, as on real hardware.
 
 Devices may be called from several vCPU threads at once and do their own
 locking (each keeps its state behind one lock), so the bus itself takes none.
-Devices may also be inserted while vCPUs run (``Vmm.start`` makes them as the
-guest starts): an insert builds a new table and publishes it with one
-assignment, so a lookup sees the old table or the new one, never half of each.
+The builder inserts every device before any vCPU exists, but an insert is safe
+while vCPUs run too (for hotplug): it builds a new table and publishes it with
+one assignment, so a lookup sees the old table or the new one, never half of each.
 Lookups that hit a device are cached: a guest touches the same few registers
 over and over (the UART's THR and LSR above all), and the cache is bounded by
 the total size of the devices' ranges.
