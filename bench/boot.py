@@ -10,7 +10,7 @@ guest idles (its command is ``sleep 3``); then the guest reboots and the VMM
 exits. It prints a markdown table (median [min-max], ratios against QEMU
 measured in the same run) and optionally writes JSON.
 
-Where the local /dev/kvm cannot boot stock Linux (firelet.nested.detect),
+Where the local /dev/kvm cannot boot stock Linux (firelet.devtools.nested.detect),
 the guest images are built here and the script re-runs itself inside the
 nested rig (``FIRELET_KVM=direct|nested`` overrides the choice).
 """
@@ -82,7 +82,7 @@ def memory_of(pid: int) -> tuple[float, float]:
 
 def boot_once(launcher: Launcher, boot: BootInputs, timeout: float) -> dict[str, object]:
     """One boot: process start -> ready marker -> memory sample -> the VMM's exit."""
-    from firelet.images import parse_exit_status, parse_ready_uptime
+    from firelet.devtools.images import parse_exit_status, parse_ready_uptime
 
     console = bytearray()
     t0 = time.monotonic()
@@ -130,7 +130,7 @@ def _stats(values: list[float]) -> dict[str, float] | None:
 
 
 def measure(args: argparse.Namespace, vmlinux: Path, rootfs_template: Path) -> dict[str, object]:
-    from firelet.images import copy_rootfs, guest_cmdline_for
+    from firelet.devtools.images import copy_rootfs, guest_cmdline_for
 
     base = f"{_BASE_CMDLINE} quiet" if args.quiet else _BASE_CMDLINE
     cmdline = f"{base} {guest_cmdline_for(args.guest_cmd)}"
@@ -199,8 +199,8 @@ def render(report: dict[str, object]) -> str:
 
 def _run_in_rig(args: argparse.Namespace, argv: list[str]) -> int:
     """Build the images here (the rig sees the cache read-only), then re-run inside the rig."""
-    from firelet.images import build_kernel, build_rootfs
-    from firelet.nested import run_in_rig
+    from firelet.devtools.images import build_kernel, build_rootfs
+    from firelet.devtools.nested import run_in_rig
 
     kernel = build_kernel()
     rootfs = build_rootfs()
@@ -221,7 +221,7 @@ def _run_in_rig(args: argparse.Namespace, argv: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
-    from firelet.nested.detect import local_kvm_runs_stock_guests
+    from firelet.devtools.nested.detect import local_kvm_runs_stock_guests
 
     ok, why = local_kvm_runs_stock_guests()
     if not ok:
@@ -230,7 +230,7 @@ def main(argv: list[str]) -> int:
     if args.vmlinux is not None and args.rootfs is not None:
         vmlinux, rootfs = args.vmlinux, args.rootfs
     else:
-        from firelet.images import build_kernel, build_rootfs
+        from firelet.devtools.images import build_kernel, build_rootfs
 
         vmlinux, rootfs = build_kernel().vmlinux, build_rootfs()
     report = {

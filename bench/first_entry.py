@@ -82,7 +82,7 @@ def main() -> int:
     p.add_argument("--floor-import", action="append", default=[], metavar="MODS",
                    help="also run the floor after importing these modules (comma-separated; repeatable)")
     args = p.parse_args()
-    from firelet.images import build_kernel, build_rootfs, copy_rootfs, guest_cmdline_for
+    from firelet.devtools.images import build_kernel, build_rootfs, copy_rootfs, guest_cmdline_for
 
     trace = _tracing()
     vmlinux, template = build_kernel().vmlinux, build_rootfs()

@@ -1,7 +1,7 @@
 """The library face of firelet: boot and drive a microVM from Python.
 
     from firelet import MicroVM
-    from firelet.images import build_kernel, build_rootfs
+    from firelet.devtools.images import build_kernel, build_rootfs
 
     with MicroVM(kernel=build_kernel().vmlinux, rootfs=build_rootfs(), read_only=True, cmd="uname -a") as vm:
         print(vm.wait(timeout=60), vm.console.text())
@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from firelet.vmm.console import ConsoleBuffer, FdSink, Sink
-from firelet.vmm.exits import ExitKind, VmExit
+from firelet.devices.legacy.console import ConsoleBuffer, FdSink, Sink
+from firelet.vstate.exits import ExitKind, VmExit
 
 PathLike = str | os.PathLike[str]
 
@@ -52,16 +52,16 @@ class MicroVM:
         0xd0000000 when it has booted): its ``Guest-boot-time`` line goes to the log,
         or to this callable; :attr:`boot_times` holds the times.
         """
-        from firelet.vmm.config import VmConfig, convert
+        from firelet.config.model import VmConfig, convert
 
         if config is None:
             if kernel is None:
                 raise TypeError("MicroVM needs a kernel (or a config)")
-            from firelet.vmm.builder import DEFAULT_BOOT_ARGS
+            from firelet.builder.boot import DEFAULT_BOOT_ARGS
 
             args = cmdline if cmdline is not None else DEFAULT_BOOT_ARGS
             if cmd is not None:
-                from firelet.images import guest_cmdline_for
+                from firelet.devtools.images import guest_cmdline_for
 
                 args = f"{args} {guest_cmdline_for(cmd)}"
             all_drives = []
@@ -91,13 +91,13 @@ class MicroVM:
 
     @classmethod
     def from_config_file(cls, path: PathLike, **kwargs: Any) -> MicroVM:
-        from firelet.vmm.config import load_config_file
+        from firelet.config.model import load_config_file
 
         return cls(config=load_config_file(path), **kwargs)
 
     def start(self) -> MicroVM:
         """Build the VM and start its vCPUs; returns at once (the guest boots in the background)."""
-        from firelet.vmm.builder import ConsoleSpec, build_vmm
+        from firelet.builder.boot import ConsoleSpec, build_vmm
 
         if self.vmm is not None:
             raise RuntimeError("this MicroVM was already started")

@@ -18,11 +18,11 @@ from typing import Any, TypeVar
 import msgspec
 
 from firelet import __version__
-from firelet.api.backend import BackendError, VmmBackend
+from firelet.controller.interface import BackendError, VmmBackend
 from firelet.api.server import DEFAULT_MAX_PAYLOAD, Request, Response, fault
 from firelet.errors import FireletError
 from firelet.metrics import METRICS, Metrics, MetricsWriter
-from firelet.vmm import config as cfg
+from firelet.config import model as cfg
 
 log = logging.getLogger("firelet.api")
 T = TypeVar("T")

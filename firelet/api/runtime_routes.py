@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import msgspec
 
-from firelet.api import models
+from firelet.config import requests as models
 from firelet.api.routes import _NO_CONTENT, Api, _Fault, _ok, _route, _same_id
 from firelet.api.server import Request, Response
 from firelet.errors import FireletError
-from firelet.vmm import config as cfg
+from firelet.config import model as cfg
 
 
 # -- Actions -------------------------------------------------------------------

@@ -40,7 +40,7 @@ def _add_size(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args: argparse.Namespace) -> int:
-    from firelet.images.progress import LiveLine
+    from firelet.devtools.images.progress import LiveLine
 
     if args.target is None:
         raise UsageError("say what to build: firelet build {kernel,rootfs,initramfs,all}")
@@ -49,17 +49,17 @@ def build(args: argparse.Namespace) -> int:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
     progress = LiveLine()
     if args.target in ("kernel", "all"):
-        from firelet.images import build_kernel
+        from firelet.devtools.images import build_kernel
 
         artifacts = build_kernel(jobs=jobs, progress=progress)
         print(f"vmlinux: {artifacts.vmlinux}")
         print(f"bzImage: {artifacts.bzimage}")
     if args.target in ("rootfs", "all"):
-        from firelet.images import build_rootfs
+        from firelet.devtools.images import build_rootfs
 
         print(f"rootfs: {build_rootfs(size_mib=args.size_mib, progress=progress)}")
     if args.target in ("initramfs", "all"):
-        from firelet.images import build_initramfs
+        from firelet.devtools.images import build_initramfs
 
         print(f"initramfs: {build_initramfs(progress=progress)}")
     return 0

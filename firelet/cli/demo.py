@@ -31,9 +31,9 @@ def register(sub: Any) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from firelet.images import build_kernel, build_rootfs
+    from firelet.devtools.images import build_kernel, build_rootfs
     from firelet.cli.terminal import is_interactive
-    from firelet.nested.detect import local_kvm_runs_stock_guests
+    from firelet.devtools.nested.detect import local_kvm_runs_stock_guests
 
     kernel = build_kernel()
     rootfs = build_rootfs()
@@ -47,8 +47,8 @@ def demo(args: argparse.Namespace) -> int:
 def _demo_in_rig(args: argparse.Namespace, reason: str, interactive: bool) -> int:
     import compileall
 
-    from firelet.cache import repo_root
-    from firelet.nested import run_in_rig
+    from firelet.devtools.cache import repo_root
+    from firelet.devtools.nested import run_in_rig
 
     print(f"firelet: {reason}; running the demo inside the nested rig (QEMU TCG + KVM), ~1 min", file=sys.stderr)
     # The rig sees this checkout read-only: compile bytecode now so Python starts fast inside.
@@ -65,9 +65,9 @@ def _demo_in_rig(args: argparse.Namespace, reason: str, interactive: bool) -> in
 
 def _boot(vmlinux: os.PathLike[str], template: os.PathLike[str], args: argparse.Namespace, interactive: bool) -> int:
     from firelet.cli.run import run_foreground
-    from firelet.images import copy_rootfs
+    from firelet.devtools.images import copy_rootfs
     from firelet.microvm import MicroVM, stdout_sink
-    from firelet.vmm.builder import DEFAULT_BOOT_ARGS
+    from firelet.builder.boot import DEFAULT_BOOT_ARGS
 
     cmd = args.cmd if args.cmd is not None else (None if interactive else DEFAULT_DEMO_CMD)
     with tempfile.TemporaryDirectory(prefix="firelet-demo-") as tmp:

@@ -1,6 +1,6 @@
 """``firelet nested -- CMD``: run a command where /dev/kvm boots stock Linux guests.
 
-The rig (see :mod:`firelet.nested`) boots a Linux under QEMU's software CPU
+The rig (see :mod:`firelet.devtools.nested`) boots a Linux under QEMU's software CPU
 with AMD SVM, chroots into this machine's root and runs CMD with the same
 cwd and environment plus ``FIRELET_IN_RIG=1``. The exit status is CMD's;
 124 means the timeout hit, 125 that the rig itself failed.
@@ -40,7 +40,7 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from firelet.nested import run_in_rig
+    from firelet.devtools.nested import run_in_rig
 
     command = list(args.command)
     if command and command[0] == "--":

@@ -62,7 +62,7 @@ def parse_drive(spec: str) -> dict[str, Any]:
 
 
 def _console(spec: str):  # noqa: ANN202
-    from firelet.vmm.console import FdSink, NullSink
+    from firelet.devices.legacy.console import FdSink, NullSink
     from firelet.cli.terminal import is_interactive
 
     if spec == "stdio":
@@ -81,7 +81,7 @@ def _console(spec: str):  # noqa: ANN202
 
 def build_microvm(args: argparse.Namespace, sink: Any, interactive: bool):  # noqa: ANN201
     from firelet.microvm import MicroVM
-    from firelet.vmm.config import load_config_file
+    from firelet.config.model import load_config_file
 
     if args.config_file:
         if args.kernel or args.rootfs or args.drive or args.initrd:
@@ -125,7 +125,7 @@ def run_foreground(vm: Any, *, timeout: float | None, interactive: bool) -> int:
     """Start ``vm``, wait for its end with Ctrl-C/SIGTERM stopping it cleanly, report the outcome."""
     from firelet.cli.lean import on_dump_signal, resume_gc
     from firelet.cli.terminal import raw_terminal
-    from firelet.vmm.exits import ExitKind, VmExit
+    from firelet.vstate.exits import ExitKind, VmExit
 
     stop_requested: list[str] = []
 

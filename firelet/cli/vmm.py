@@ -21,7 +21,7 @@ from firelet import __version__
 from firelet.errors import FireletError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from firelet.api.backend import VmmBackend
+    from firelet.controller.interface import VmmBackend
     from firelet.api.routes import Api
 
 log = logging.getLogger("firelet.vmm")
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     install_kick_handler()
     from firelet.api.routes import Api
     from firelet.api.server import ApiServer, Request, bind_unix_socket, remove_socket_file
-    from firelet.vmm import config as cfg
+    from firelet.config import model as cfg
 
     api = Api(instance_id=args.id, backend_factory=lambda: _make_backend(args, api),
               mmds_size_limit=args.mmds_size_limit or args.http_api_max_payload_size)
@@ -168,7 +168,7 @@ def _setup_logger(api: Api, args: argparse.Namespace) -> None:
     if not args.log_path:
         return
     from firelet import logs
-    from firelet.vmm.config import Logger, normalize_log_level
+    from firelet.config.model import Logger, normalize_log_level
 
     try:
         level = normalize_log_level(args.level)
@@ -238,11 +238,11 @@ def _wait_for_vm(api: Api) -> int:
 
 def _make_backend(args: argparse.Namespace, api: Api) -> VmmBackend:
     """The real VMM, imported only when a VM starts (keeps the API's start-up small)."""
-    from firelet.api.backend import BackendError
+    from firelet.controller.interface import BackendError
 
     try:
-        from firelet.vmm.controller import VmmController
-        from firelet.vmm.console import FdSink
+        from firelet.controller.vmm_controller import VmmController
+        from firelet.devices.legacy.console import FdSink
     except ImportError as exc:
         raise BackendError(f"the VMM is not available in this firelet build ({exc})") from None
     console = None

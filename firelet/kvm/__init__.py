@@ -8,8 +8,8 @@ capability numbers in :mod:`firelet.kvm.ioctls`.
 
 from firelet.kvm._base import KvmError
 from firelet.kvm.system import KVM_DEVICE, Kvm
-from firelet.kvm.vcpu import KICK_SIGNAL, VcpuFd, install_kick_handler, kick_thread
-from firelet.kvm.vm import VmFd, dirty_bitmap_size
+from firelet.kvm.vcpu_fd import KICK_SIGNAL, VcpuFd, install_kick_handler, kick_thread
+from firelet.kvm.vm_fd import VmFd, dirty_bitmap_size
 
 __all__ = [
     "KICK_SIGNAL",

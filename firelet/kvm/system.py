@@ -10,7 +10,7 @@ from firelet.errors import FireletError
 from firelet.kvm import ioctls as K
 from firelet.kvm import structs as S
 from firelet.kvm._base import KvmError, ioctl
-from firelet.kvm.vm import VmFd
+from firelet.kvm.vm_fd import VmFd
 
 KVM_DEVICE = "/dev/kvm"
 KVM_API_VERSION = 12  # linux/kvm.h; the only stable version since Linux 2.6.22

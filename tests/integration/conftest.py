@@ -24,7 +24,7 @@ BOOT_TIMEOUT_S = float(os.environ.get("FIRELET_TEST_BOOT_TIMEOUT", "300"))
 
 @pytest.fixture(scope="session", autouse=True)
 def real_kvm() -> None:
-    from firelet.nested.detect import local_kvm_runs_stock_guests
+    from firelet.devtools.nested.detect import local_kvm_runs_stock_guests
 
     ok, reason = local_kvm_runs_stock_guests()
     if not ok:
@@ -33,21 +33,21 @@ def real_kvm() -> None:
 
 @pytest.fixture(scope="session")
 def kernel():  # noqa: ANN201
-    from firelet.images import build_kernel
+    from firelet.devtools.images import build_kernel
 
     return build_kernel()
 
 
 @pytest.fixture(scope="session")
 def rootfs_template() -> Path:
-    from firelet.images import build_rootfs
+    from firelet.devtools.images import build_rootfs
 
     return build_rootfs()
 
 
 @pytest.fixture(scope="session")
 def initramfs() -> Path:
-    from firelet.images import build_initramfs
+    from firelet.devtools.images import build_initramfs
 
     return build_initramfs()
 
@@ -55,7 +55,7 @@ def initramfs() -> Path:
 @pytest.fixture
 def rootfs(rootfs_template: Path, tmp_path: Path) -> Path:
     """A private, writable copy of the guest root filesystem."""
-    from firelet.images import copy_rootfs
+    from firelet.devtools.images import copy_rootfs
 
     return copy_rootfs(tmp_path / "rootfs.ext4", source=rootfs_template)
 
@@ -66,7 +66,7 @@ def boot(kernel_path: Path, *, timeout: float = BOOT_TIMEOUT_S, **kwargs):  # no
     import threading
 
     from firelet import MicroVM
-    from firelet.images import parse_exit_status
+    from firelet.devtools.images import parse_exit_status
 
     # A build or start that never returns leaves every thread's stack in the output: dumped
     # from a Python thread, holding the GIL (faulthandler's own timer thread reads the frames
@@ -153,7 +153,7 @@ def exit_if_the_rig_corrupted_a_vcpu(report: str) -> None:
     a fresh rig on 125, as it does when the rig's kernel hangs. Any other stuck guest
     stays a test failure.
     """
-    from firelet.vmm.vcpu import IMPOSSIBLE_STATE
+    from firelet.vstate.vcpu import IMPOSSIBLE_STATE
 
     if IMPOSSIBLE_STATE in report:
         pytest.exit(f"the rig corrupted a guest vCPU, not a firelet failure:\n{report}", returncode=125)

@@ -13,7 +13,7 @@ import re
 import socket
 from dataclasses import dataclass
 
-from firelet.vmm.vcpu import IMPOSSIBLE_STATE, impossible_page_table_root
+from firelet.vstate.vcpu import IMPOSSIBLE_STATE, impossible_page_table_root
 
 _REGISTER = re.compile(r"\b(RIP|RSP|CR0|CR3)=([0-9a-fA-F]+)")
 

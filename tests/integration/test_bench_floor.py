@@ -9,7 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from firelet.cache import repo_root
+from firelet.devtools.cache import repo_root
 
 FLOOR = repo_root() / "bench" / "python_floor.py"
 KVM_EXIT_UNKNOWN = 0  # include/uapi/linux/kvm.h

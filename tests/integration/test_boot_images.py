@@ -12,8 +12,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from firelet.vmm import bootparams, layout, loader, pvh
-from firelet.vmm.memory import GuestMemory
+from firelet.arch.x86_64 import bootparams
+
+from firelet.arch.x86_64 import layout
+
+from firelet.arch.x86_64 import loader
+
+from firelet.arch.x86_64 import pvh
+from firelet.memory.guest import GuestMemory
 
 MiB = layout.MiB
 

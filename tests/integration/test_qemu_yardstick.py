@@ -10,9 +10,9 @@ from pathlib import Path
 from conftest import BOOT_TIMEOUT_S, exit_if_the_rig_corrupted_a_vcpu
 from qemu_state import describe_qemu_vcpus
 
-from firelet.cache import repo_root
-from firelet.images import guest_cmdline_for, parse_exit_status
-from firelet.vmm.vcpu import IMPOSSIBLE_STATE
+from firelet.devtools.cache import repo_root
+from firelet.devtools.images import guest_cmdline_for, parse_exit_status
+from firelet.vstate.vcpu import IMPOSSIBLE_STATE
 
 sys.path.insert(0, str(repo_root() / "bench"))
 from launchers import BootInputs, QemuMicrovm  # noqa: E402

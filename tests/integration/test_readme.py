@@ -8,7 +8,7 @@ import sys
 
 from conftest import BOOT_TIMEOUT_S, firelet_cli
 
-from firelet.cache import repo_root
+from firelet.devtools.cache import repo_root
 
 
 def _python_blocks() -> list[str]:

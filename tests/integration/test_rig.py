@@ -68,7 +68,7 @@ def _kvm_fds_by_process() -> dict[int, list[str]]:
 
 
 def test_a_keeper_vm_lives_for_the_whole_rig() -> None:
-    # firelet.nested.init_script.KVM_KEEPER: without it the outer kernel live-patches its code
+    # firelet.devtools.nested.init_script.KVM_KEEPER: without it the outer kernel live-patches its code
     # at each guest's start and end, which hung the emulated machine in ~1-5% of boots.
     held = _kvm_fds_by_process()
     keepers = [pid for pid, fds in held.items() if fds == ["kvm-vcpu:0", "kvm-vm"] and pid != os.getpid()]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from api_fake_backend import call
 
-from firelet.cache import repo_root
+from firelet.devtools.cache import repo_root
 
 
 def _env() -> dict[str, str]:

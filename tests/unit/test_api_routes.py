@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from api_fake_backend import FakeBackend, call, serve
 
-from firelet.api.backend import BackendError
+from firelet.controller.interface import BackendError
 from firelet.api.routes import NOT_AFTER_BOOT, NOT_BEFORE_BOOT, Api
 from firelet.metrics import Metrics
 
@@ -302,7 +302,7 @@ def test_logger_bad_path_is_a_fault(vm: Harness) -> None:
 
 
 def test_vm_config_matches_config_file_shape(vm: Harness) -> None:
-    from firelet.vmm.config import decode_config
+    from firelet.config.model import decode_config
 
     vm.ok("PUT", "/boot-source", KERNEL)
     vm.ok("PUT", "/drives/rootfs", ROOT)

@@ -8,8 +8,9 @@ import struct
 import pytest
 
 from firelet.kvm.structs import kvm_lapic_state, kvm_sregs
-from firelet.vmm import cpu, layout
-from firelet.vmm.memory import GuestMemory
+from firelet.arch.x86_64 import regs
+from firelet.arch.x86_64 import layout
+from firelet.memory.guest import GuestMemory
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def _table(mem: GuestMemory, addr: int) -> tuple[int, ...]:
 
 def test_identity_page_tables_map_the_first_gib_with_2mib_pages(mem: GuestMemory) -> None:
     mem.write(layout.PML4_START, b"\xff" * 3 * 4096)  # stale entries must not survive
-    assert cpu.setup_page_tables(mem) == layout.PML4_START
+    assert regs.setup_page_tables(mem) == layout.PML4_START
     pml4, pdpt, pd = (_table(mem, a) for a in (layout.PML4_START, layout.PDPTE_START, layout.PDE_START))
     assert pml4[0] == layout.PDPTE_START | 0x3 and not any(pml4[1:])
     assert pdpt[0] == layout.PDE_START | 0x3 and not any(pdpt[1:])
@@ -35,7 +36,7 @@ def test_identity_page_tables_map_the_first_gib_with_2mib_pages(mem: GuestMemory
 
 def test_gdt_entries_encode_the_expected_descriptors(mem: GuestMemory) -> None:
     mem.write(layout.BOOT_IDT_START, b"\xff" * 8)
-    segments = cpu.write_gdt(mem)
+    segments = regs.write_gdt(mem)
     raw = struct.unpack("<4Q", mem.read(layout.BOOT_GDT_START, 32))
     assert raw == (0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x008F8B000000FFFF)
     assert mem.read_u64(layout.BOOT_IDT_START) == 0
@@ -47,7 +48,7 @@ def test_gdt_entries_encode_the_expected_descriptors(mem: GuestMemory) -> None:
 
 
 def test_descriptor_round_trip_matches_sdm_figure() -> None:
-    d = cpu.Descriptor(0xC093, 0x12345678, 0xABCDE)
+    d = regs.Descriptor(0xC093, 0x12345678, 0xABCDE)
     raw = d.encode()
     assert raw & 0xFFFF == 0xBCDE  # limit 15:0
     assert (raw >> 16) & 0xFFFFFF == 0x345678  # base 23:0
@@ -60,10 +61,10 @@ def test_descriptor_round_trip_matches_sdm_figure() -> None:
 def test_long_mode_sregs(mem: GuestMemory) -> None:
     sregs = kvm_sregs()
     sregs.apic_base = 0xFEE00900
-    cpu.boot_sregs(sregs, mem, mode="long")
-    assert sregs.cr0 & cpu.X86_CR0_PE and sregs.cr0 & cpu.X86_CR0_PG
-    assert sregs.cr4 & cpu.X86_CR4_PAE
-    assert sregs.efer == cpu.EFER_LME | cpu.EFER_LMA
+    regs.boot_sregs(sregs, mem, mode="long")
+    assert sregs.cr0 & regs.X86_CR0_PE and sregs.cr0 & regs.X86_CR0_PG
+    assert sregs.cr4 & regs.X86_CR4_PAE
+    assert sregs.efer == regs.EFER_LME | regs.EFER_LMA
     assert sregs.cr3 == layout.PML4_START
     assert (sregs.gdt.base, sregs.gdt.limit, sregs.idt.base, sregs.idt.limit) == (0x500, 31, 0x520, 7)
     assert sregs.cs.l == 1 and sregs.cs.selector == 8
@@ -75,7 +76,7 @@ def test_long_mode_sregs(mem: GuestMemory) -> None:
 
 def test_long_mode_sregs_with_given_cr3_does_not_rewrite_tables(mem: GuestMemory) -> None:
     sregs = kvm_sregs()
-    cpu.boot_sregs(sregs, mem, mode="long", cr3=0x9000)
+    regs.boot_sregs(sregs, mem, mode="long", cr3=0x9000)
     assert sregs.cr3 == 0x9000
     assert mem.read(layout.PML4_START, 4096) == bytes(4096)
 
@@ -83,8 +84,8 @@ def test_long_mode_sregs_with_given_cr3_does_not_rewrite_tables(mem: GuestMemory
 def test_pvh_sregs_are_flat_32_bit_protected_mode(mem: GuestMemory) -> None:
     sregs = kvm_sregs()
     sregs.cr4, sregs.efer = 0xFFFF, 0xFFFF
-    cpu.boot_sregs(sregs, mem, mode="pvh")
-    assert sregs.cr0 & cpu.X86_CR0_PE and not sregs.cr0 & cpu.X86_CR0_PG
+    regs.boot_sregs(sregs, mem, mode="pvh")
+    assert sregs.cr0 & regs.X86_CR0_PE and not sregs.cr0 & regs.X86_CR0_PG
     assert sregs.cr4 == 0 and sregs.efer == 0
     assert (sregs.cs.db, sregs.cs.l, sregs.cs.base, sregs.cs.limit, sregs.cs.type) == (1, 0, 0, 0xFFFFFFFF, 0xB)
     assert (sregs.ds.db, sregs.ds.limit, sregs.ss.type) == (1, 0xFFFFFFFF, 0x3)
@@ -94,20 +95,20 @@ def test_pvh_sregs_are_flat_32_bit_protected_mode(mem: GuestMemory) -> None:
 
 
 def test_boot_regs_for_both_modes() -> None:
-    regs = cpu.boot_regs(0x1000000, mode="long")
-    assert (regs.rip, regs.rsp, regs.rbp, regs.rsi, regs.rflags) == (
+    long = regs.boot_regs(0x1000000, mode="long")
+    assert (long.rip, long.rsp, long.rbp, long.rsi, long.rflags) == (
         0x1000000, layout.BOOT_STACK_POINTER, layout.BOOT_STACK_POINTER, layout.ZERO_PAGE_START, 2,
     )  # fmt: skip
-    pvh = cpu.boot_regs(0x1000100, mode="pvh")
+    pvh = regs.boot_regs(0x1000100, mode="pvh")
     assert (pvh.rip, pvh.rbx, pvh.rflags, pvh.rsi) == (0x1000100, layout.PVH_INFO_START, 2, 0)
     with pytest.raises(ValueError):
-        cpu.boot_regs(0, mode="real")  # type: ignore[arg-type]
+        regs.boot_regs(0, mode="real")  # type: ignore[arg-type]
 
 
 def test_fpu_and_msrs() -> None:
-    fpu = cpu.boot_fpu()
+    fpu = regs.boot_fpu()
     assert (fpu.fcw, fpu.mxcsr) == (0x37F, 0x1F80)
-    msrs = dict(cpu.boot_msrs())
+    msrs = dict(regs.boot_msrs())
     assert msrs[0x1A0] == 1  # IA32_MISC_ENABLE.FAST_STRING
     for index in (0x174, 0x175, 0x176, 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084, 0xC0000102, 0x10):
         assert msrs[index] == 0
@@ -121,12 +122,12 @@ def test_lapic_lint_delivery_modes() -> None:
     struct.pack_into("<I", raw, 0x360, 0x00010000)
     struct.pack_into("<I", raw, 0x370, 0xDEADBEEF)  # LVT error: untouched
     ctypes.memmove(ctypes.addressof(lapic), bytes(raw), len(raw))
-    cpu.set_lapic_lint(lapic)
+    regs.set_lapic_lint(lapic)
     out = bytes(lapic)
     assert struct.unpack_from("<I", out, 0x350)[0] == 0x00010700 | 0x5A  # ExtINT = 0b111, rest kept
     assert struct.unpack_from("<I", out, 0x360)[0] == 0x00010400  # NMI = 0b100
     assert struct.unpack_from("<I", out, 0x370)[0] == 0xDEADBEEF
     struct.pack_into("<I", raw, 0x350, 0)
     ctypes.memmove(ctypes.addressof(lapic), bytes(raw), len(raw))
-    cpu.set_lapic_lint(lapic)
+    regs.set_lapic_lint(lapic)
     assert struct.unpack_from("<I", bytes(lapic), 0x350)[0] == 0x700

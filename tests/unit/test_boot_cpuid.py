@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firelet.kvm.structs import kvm_cpuid_entry2, make_kvm_cpuid2
-from firelet.vmm.cpuid import build_cpuid
+from firelet.arch.x86_64.cpuid import build_cpuid
 
 SIGNIFICANT_INDEX = 1
 
@@ -152,7 +152,7 @@ def test_every_vcpu_sees_its_own_apic_id_and_a_wide_enough_core_field(case: tupl
 
 def test_tsc_deadline_timer_is_advertised_only_when_kvm_has_it() -> None:
     from firelet.kvm.structs import kvm_cpuid_entry2, make_kvm_cpuid2
-    from firelet.vmm.cpuid import LEAF1_ECX_TSC_DEADLINE, build_cpuid
+    from firelet.arch.x86_64.cpuid import LEAF1_ECX_TSC_DEADLINE, build_cpuid
 
     supported = make_kvm_cpuid2([kvm_cpuid_entry2(function=0, eax=1), kvm_cpuid_entry2(function=1)])
 

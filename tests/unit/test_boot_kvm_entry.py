@@ -16,8 +16,14 @@ import pytest
 
 from firelet.kvm import Kvm
 from firelet.kvm import structs as S
-from firelet.vmm import bootparams, cpu, cpuid, layout, loader, mptable, pvh
-from firelet.vmm.memory import GuestMemory
+from firelet.arch.x86_64 import bootparams
+from firelet.arch.x86_64 import regs
+from firelet.arch.x86_64 import cpuid
+from firelet.arch.x86_64 import layout
+from firelet.arch.x86_64 import loader
+from firelet.arch.x86_64 import mptable
+from firelet.arch.x86_64 import pvh
+from firelet.memory.guest import GuestMemory
 
 ENTRY = 0x1000000
 PORT = 0x3F8
@@ -72,7 +78,7 @@ def mem() -> Iterator[GuestMemory]:
     memory.close()
 
 
-def _boot_vcpu(kvm: Kvm, mem: GuestMemory, kernel: loader.KernelImage, mode: cpu.Mode):  # noqa: ANN202
+def _boot_vcpu(kvm: Kvm, mem: GuestMemory, kernel: loader.KernelImage, mode: regs.Mode):  # noqa: ANN202
     vm = kvm.create_vm()
     for slot, region in enumerate(mem.regions):
         vm.set_user_memory_region(slot, region.guest_addr, region.size, region.host_addr)
@@ -80,16 +86,16 @@ def _boot_vcpu(kvm: Kvm, mem: GuestMemory, kernel: loader.KernelImage, mode: cpu
     vm.create_irqchip()
     vcpu = vm.create_vcpu(0)
     vcpu.set_cpuid2(cpuid.build_cpuid(kvm.supported_cpuid(), 0, 1))
-    vcpu.set_msrs(cpu.boot_msrs())
-    vcpu.set_fpu(cpu.boot_fpu())
+    vcpu.set_msrs(regs.boot_msrs())
+    vcpu.set_fpu(regs.boot_fpu())
     lapic = vcpu.get_lapic()
-    cpu.set_lapic_lint(lapic)
+    regs.set_lapic_lint(lapic)
     vcpu.set_lapic(lapic)
     sregs = vcpu.get_sregs()
-    cpu.boot_sregs(sregs, mem, mode=mode)
+    regs.boot_sregs(sregs, mem, mode=mode)
     vcpu.set_sregs(sregs)
     entry = kernel.entry if mode == "long" else kernel.pvh_entry
-    vcpu.set_regs(cpu.boot_regs(entry, mode=mode))
+    vcpu.set_regs(regs.boot_regs(entry, mode=mode))
     return vm, vcpu
 
 
@@ -112,10 +118,10 @@ def test_long_mode_entry_sees_zero_page_identity_map_and_stack(kvm: Kvm, mem: Gu
     vm, vcpu = _boot_vcpu(kvm, mem, kernel, "long")
     try:
         assert _outs(vcpu, 2) == [int.from_bytes(b"HdrS", "little"), MARK]
-        regs = vcpu.get_regs()
-        assert regs.rsi == layout.ZERO_PAGE_START and regs.rsp == layout.BOOT_STACK_POINTER
+        state = vcpu.get_regs()
+        assert state.rsi == layout.ZERO_PAGE_START and state.rsp == layout.BOOT_STACK_POINTER
         sregs = vcpu.get_sregs()
-        assert sregs.efer & cpu.EFER_LMA and sregs.cs.l == 1
+        assert sregs.efer & regs.EFER_LMA and sregs.cs.l == 1
     finally:
         vcpu.close()
         vm.close()
@@ -128,7 +134,7 @@ def test_pvh_entry_sees_start_info_in_ebx(kvm: Kvm, mem: GuestMemory) -> None:
     vm, vcpu = _boot_vcpu(kvm, mem, kernel, "pvh")
     try:
         assert _outs(vcpu, 2) == [0x336EC578, layout.CMDLINE_START]
-        assert vcpu.get_sregs().cr0 & cpu.X86_CR0_PG == 0
+        assert vcpu.get_sregs().cr0 & regs.X86_CR0_PG == 0
     finally:
         vcpu.close()
         vm.close()

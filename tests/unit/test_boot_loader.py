@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from firelet.vmm import layout
-from firelet.vmm.loader import (
+from firelet.arch.x86_64 import layout
+from firelet.arch.x86_64.loader import (
     DEFAULT_INITRD_ADDR_MAX,
     BootConfigError,
     KernelImage,
@@ -24,7 +24,7 @@ from firelet.vmm.loader import (
     parse_kernel,
     write_cmdline,
 )
-from firelet.vmm.memory import GuestMemory
+from firelet.memory.guest import GuestMemory
 
 MiB = layout.MiB
 KERNEL_PADDR = 16 * MiB

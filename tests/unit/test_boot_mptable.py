@@ -6,9 +6,9 @@ import struct
 
 import pytest
 
-from firelet.vmm import layout
-from firelet.vmm.memory import GuestMemory
-from firelet.vmm.mptable import MAX_CPUS, MPTableError, write_mptable
+from firelet.arch.x86_64 import layout
+from firelet.memory.guest import GuestMemory
+from firelet.arch.x86_64.mptable import MAX_CPUS, MPTableError, write_mptable
 
 # Intel MP spec 1.4 §4.3: base entry lengths by type.
 _ENTRY_LENGTHS = {0: 20, 1: 8, 2: 8, 3: 8, 4: 8}

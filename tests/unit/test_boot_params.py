@@ -6,10 +6,10 @@ import struct
 
 import pytest
 
-from firelet.vmm import layout
-from firelet.vmm.bootparams import E820_RAM, memory_map, write_boot_params
-from firelet.vmm.loader import BootConfigError, KernelImage, Segment
-from firelet.vmm.memory import GuestMemory
+from firelet.arch.x86_64 import layout
+from firelet.arch.x86_64.bootparams import E820_RAM, memory_map, write_boot_params
+from firelet.arch.x86_64.loader import BootConfigError, KernelImage, Segment
+from firelet.memory.guest import GuestMemory
 
 MiB, GiB = layout.MiB, layout.GiB
 ZP = layout.ZERO_PAGE_START

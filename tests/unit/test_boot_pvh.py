@@ -6,10 +6,10 @@ import struct
 
 import pytest
 
-from firelet.vmm import layout
-from firelet.vmm.loader import BootConfigError
-from firelet.vmm.memory import GuestMemory
-from firelet.vmm.pvh import write_pvh_start_info
+from firelet.arch.x86_64 import layout
+from firelet.arch.x86_64.loader import BootConfigError
+from firelet.memory.guest import GuestMemory
+from firelet.arch.x86_64.pvh import write_pvh_start_info
 
 MiB, GiB = layout.MiB, layout.GiB
 

@@ -65,7 +65,7 @@ def test_other_commands_leave_it_importable() -> None:
 
 
 def test_library_use_leaves_it_importable() -> None:
-    result = subprocess.run([sys.executable, "-c", "import firelet.vmm.config, typing_extensions"],
+    result = subprocess.run([sys.executable, "-c", "import firelet.config.model, typing_extensions"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firelet.errors import UsageError
-from firelet.vmm import config as cfgmod
-from firelet.vmm.config import (
+from firelet.config import model as cfgmod
+from firelet.config.model import (
     ConfigError,
     VmConfig,
     check_config,
@@ -205,8 +205,8 @@ def test_parts_firelet_cannot_do_yet_are_refused_not_ignored(tmp_path) -> None: 
     import pytest
 
     from firelet.errors import UsageError
-    from firelet.vmm.builder import check_inputs
-    from firelet.vmm.config import decode_config
+    from firelet.builder.boot import check_inputs
+    from firelet.config.model import decode_config
 
     kernel = tmp_path / "vmlinux"
     kernel.write_bytes(b"\x7fELF")

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from firelet.devices.interrupt import CountingInterrupt
 from firelet.devices.legacy import i8042 as k
-from firelet.vmm.bus import Bus
+from firelet.vstate.bus import Bus
 
 
 class Rig:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firelet.errors import UsageError
-from firelet.images import (
+from firelet.devtools.images import (
     EXIT_MARKER, MAX_CMD_FRAGMENT, READY_MARKER, guest_cmdline_for, parse_exit_status,
     parse_ready_uptime,
 )

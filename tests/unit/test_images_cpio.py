@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.images.cpio import CpioFormatError, read_newc, write_newc
-from firelet.images.tree import CHARDEV, DIR, FILE, SYMLINK, Entry
+from firelet.devtools.images.cpio import CpioFormatError, read_newc, write_newc
+from firelet.devtools.images.tree import CHARDEV, DIR, FILE, SYMLINK, Entry
 
 TREE = [
     Entry("bin", DIR, 0o755),

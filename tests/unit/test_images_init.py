@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from firelet.cache import repo_root
-from firelet.images import guest_cmdline_for, parse_exit_status
-from firelet.images.rootfs import INIT_PATH, _applets, find_busybox
+from firelet.devtools.cache import repo_root
+from firelet.devtools.images import guest_cmdline_for, parse_exit_status
+from firelet.devtools.images.rootfs import INIT_PATH, _applets, find_busybox
 
 INIT = repo_root() / INIT_PATH
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from firelet.cache import repo_root
-from firelet.images.kconfig import UNSET, dropped_options, parse_config
-from firelet.images.kernel import FRAGMENT_PATH
+from firelet.devtools.cache import repo_root
+from firelet.devtools.images.kconfig import UNSET, dropped_options, parse_config
+from firelet.devtools.images.kernel import FRAGMENT_PATH
 
 FRAGMENT = """\
 # a comment

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from firelet.vmm.vcpu import IMPOSSIBLE_STATE
+from firelet.vstate.vcpu import IMPOSSIBLE_STATE
 
 INTEGRATION = Path(__file__).resolve().parent.parent / "integration"
 sys.path.insert(0, str(INTEGRATION))

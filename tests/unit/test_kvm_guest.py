@@ -15,8 +15,8 @@ import pytest
 
 from firelet.kvm import Kvm, VcpuFd, VmFd, install_kick_handler, kick_thread
 from firelet.kvm import structs as S
-from firelet.kvm.vcpu import KICK_SIGNAL
-from firelet.vmm.memory import GuestMemory
+from firelet.kvm.vcpu_fd import KICK_SIGNAL
+from firelet.memory.guest import GuestMemory
 
 CODE_ADDR = 0x1000
 MMIO_ADDR = 0x2000  # not backed by a memory slot: accesses exit to the VMM
@@ -180,9 +180,9 @@ OUT_OUT_IN_HLT = bytes([0xBA, 0xF8, 0x03, 0xB0, 0x68, 0xEE, 0xB0, 0x69, 0xEE, 0x
 
 
 def test_kvm_coalesced_port_writes_queue_in_the_ring_instead_of_exiting(kvm: Kvm) -> None:
-    """What the UART's transmit batching relies on, on the real KVM (firelet.vmm.coalesced)."""
+    """What the UART's transmit batching relies on, on the real KVM (firelet.vstate.coalesced)."""
     from firelet.kvm.ioctls import KVM_CAP_COALESCED_MMIO, KVM_CAP_COALESCED_PIO
-    from firelet.vmm.coalesced import CoalescedPio, CoalescedRing
+    from firelet.vstate.coalesced import CoalescedPio, CoalescedRing
 
     guest = Guest(kvm, OUT_OUT_IN_HLT)
     ring = CoalescedRing()

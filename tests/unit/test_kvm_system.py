@@ -11,7 +11,7 @@ from firelet.errors import FireletError
 from firelet.kvm import Kvm, KvmError, dirty_bitmap_size
 from firelet.kvm import ioctls as K
 from firelet.kvm import structs as S
-from firelet.vmm.memory import GuestMemory
+from firelet.memory.guest import GuestMemory
 
 def test_kvm_reports_api_12_and_the_capabilities_firelet_needs() -> None:
     with Kvm() as kvm:

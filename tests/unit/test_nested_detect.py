@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from firelet.nested.detect import local_kvm_runs_stock_guests
+from firelet.devtools.nested.detect import local_kvm_runs_stock_guests
 
 
 def _root(tmp_path: Path, *, kvm: bool = True, sys_modules: tuple[str, ...] = (),

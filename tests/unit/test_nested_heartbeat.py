@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from firelet.nested import runner
-from firelet.nested.qemu import outer_qemu_argv
+from firelet.devtools.nested import runner
+from firelet.devtools.nested.qemu import outer_qemu_argv
 
 
 def test_heartbeat_must_keep_growing_once_it_began(tmp_path: Path) -> None:

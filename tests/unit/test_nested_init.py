@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from firelet.nested.init_script import (
+from firelet.devtools.nested.init_script import (
     CMD_SCRIPT, EXIT_MARKER, START_MARKER, RunSpec, Share, command_script, init_script, rig_environment,
 )
 
@@ -97,7 +97,7 @@ def test_the_heartbeat_starts_before_the_command_and_goes_to_the_second_port() -
 
 
 def test_the_kvm_keeper_starts_before_the_command_and_holds_its_vm() -> None:
-    from firelet.nested.init_script import KVM_KEEPER
+    from firelet.devtools.nested.init_script import KVM_KEEPER
 
     lines = init_script(_spec()).splitlines()
     keeper = next(i for i, line in enumerate(lines) if line.startswith("chroot /host /usr/bin/python3 -c"))

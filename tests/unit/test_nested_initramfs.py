@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from firelet.nested import initramfs as cpio
+from firelet.devtools.nested import initramfs as cpio
 
 
 def test_cpio_extracts_files_dirs_and_symlinks(tmp_path: Path) -> None:
@@ -45,7 +45,7 @@ def test_newc_layout() -> None:
 def test_vmlinux_is_found_inside_an_xz_bzimage() -> None:
     import lzma
 
-    from firelet.nested.outer import extract_vmlinux
+    from firelet.devtools.nested.outer import extract_vmlinux
 
     elf = b"\x7fELF" + bytes(range(256)) * 50
     # a setup header, then a decoy that is not xz, then the payload

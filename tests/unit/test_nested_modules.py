@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from firelet.nested.modules import ModuleResolveError, module_name, resolve_modules
+from firelet.devtools.nested.modules import ModuleResolveError, module_name, resolve_modules
 
 DEP = """\
 kernel/drivers/virtio/virtio_pci.ko: kernel/drivers/virtio/virtio_pci_legacy_dev.ko kernel/drivers/virtio/virtio_pci_modern_dev.ko kernel/drivers/virtio/virtio.ko kernel/drivers/virtio/virtio_ring.ko

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from firelet.nested.init_script import Share
-from firelet.nested.qemu import kernel_cmdline, outer_qemu_argv
+from firelet.devtools.nested.init_script import Share
+from firelet.devtools.nested.qemu import kernel_cmdline, outer_qemu_argv
 
 
 def _argv(**kw: object) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, strategies as st
 
-from firelet.nested.serial import RigOutput
+from firelet.devtools.nested.serial import RigOutput
 
 NONCE = "5eed"
 BOOT = b"SeaBIOS\r\n[    0.1] Linux version 6.1\r\nBooting from ROM..\x1bcFIRELET-RIG-START 5eed\r\n"

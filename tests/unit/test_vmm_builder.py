@@ -5,9 +5,9 @@ import threading
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.vmm.builder import boot_cmdline, cmdline_words
-from firelet.vmm.kernel_waits import KernelWaits
-from firelet.vmm.config import convert, VmConfig
+from firelet.builder.boot import boot_cmdline, cmdline_words
+from firelet.builder.kernel_waits import KernelWaits
+from firelet.config.model import convert, VmConfig
 
 
 def test_words_split_like_the_kernel() -> None:

@@ -3,7 +3,7 @@
 import sys
 import threading
 
-from firelet.vmm.bus import Bus
+from firelet.vstate.bus import Bus
 
 
 def test_bus_lookups_stay_whole_while_devices_are_inserted() -> None:

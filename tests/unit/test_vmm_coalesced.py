@@ -7,7 +7,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.vmm.coalesced import CoalescedPio, CoalescedRing
+from firelet.vstate.coalesced import CoalescedPio, CoalescedRing
 
 PAGE = 4096
 CAPACITY = (PAGE - 8) // 24

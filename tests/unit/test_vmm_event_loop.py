@@ -6,7 +6,7 @@ import os
 import threading
 import time
 
-from firelet.vmm.event_loop import EventLoop
+from firelet.events.loop import EventLoop
 
 
 def test_eventfd_callbacks_calls_and_periodic_work_run_on_the_loop_thread() -> None:

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.vmm import layout
-from firelet.vmm.memory import HUGE_PAGE_SIZE, GuestMemory, GuestMemoryError
+from firelet.arch.x86_64 import layout
+from firelet.memory.guest import HUGE_PAGE_SIZE, GuestMemory, GuestMemoryError
 
 MiB = layout.MiB
 

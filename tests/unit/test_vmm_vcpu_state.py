@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firelet.cli import lean
-from firelet.vmm.memory import GuestMemory
-from firelet.vmm.vcpu import IMPOSSIBLE_STATE, Vcpu, VcpuGate, impossible_page_table_root
+from firelet.memory.guest import GuestMemory
+from firelet.vstate.vcpu import IMPOSSIBLE_STATE, Vcpu, VcpuGate, impossible_page_table_root
 
 MiB = 1 << 20
 PG = 1 << 31  # CR0.PG

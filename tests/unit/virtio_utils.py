@@ -23,7 +23,7 @@ from firelet.devices.virtio.queue import (
     avail_ring_size,
     used_ring_size,
 )
-from firelet.vmm.memory import GuestMemory
+from firelet.memory.guest import GuestMemory
 
 MEM_SIZE = 4 << 20
 #: Where rings go; data buffers start at DATA_START.

@@ -18,7 +18,7 @@ room again, so the loop can resume.
 Transmit batching (optional ``tx_batch``): while THRE interrupts are off
 (and not in loopback), nothing the guest can observe depends on when a THR
 write is processed, so the VMM may let KVM queue those writes instead of
-exiting for each (coalesced I/O, see firelet.vmm.coalesced). Every other
+exiting for each (coalesced I/O, see firelet.vstate.coalesced). Every other
 access first replays the queued writes, so the guest's order is kept; the
 event loop flushes the rest periodically (``flush_batched``).
 
@@ -88,7 +88,7 @@ _DEFAULT_DIVISOR = 12
 #: Receive queue capacity: the 16550A's 16-byte FIFO plus room for a pasted line.
 DEFAULT_INPUT_CAPACITY = 4096
 class TxBatch(Protocol):
-    """Where queued THR writes come from (firelet.vmm.coalesced.CoalescedPio)."""
+    """Where queued THR writes come from (firelet.vstate.coalesced.CoalescedPio)."""
 
     active: bool
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from firelet.devices.virtio.queue import Queue
-from firelet.vmm.memory import GuestMemory
+from firelet.memory.guest import GuestMemory
 
 # §6 Reserved feature bits.
 VIRTIO_F_VERSION_1 = 32

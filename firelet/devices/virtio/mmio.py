@@ -18,8 +18,8 @@ from firelet.devices.interrupt import Interrupt
 from firelet.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from firelet.devices.virtio.queue import Queue
 from firelet.log import get_logger
-from firelet.vmm import layout
-from firelet.vmm.memory import GuestMemory
+from firelet.arch.x86_64 import layout
+from firelet.memory.guest import GuestMemory
 
 log = get_logger(__name__)
 

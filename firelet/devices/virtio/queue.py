@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from firelet.vmm.memory import GuestMemory
+from firelet.memory.guest import GuestMemory
 
 # §2.7.5 The Virtqueue Descriptor Table.
 VIRTQ_DESC_F_NEXT = 1

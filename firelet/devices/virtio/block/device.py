@@ -34,7 +34,7 @@ from firelet.devices.virtio.device import TYPE_BLOCK, InterruptSignal, VirtioDev
 from firelet.devices.virtio.queue import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, Queue
 from firelet.errors import FireletError
 from firelet.log import get_logger
-from firelet.vmm.memory import GuestMemory
+from firelet.memory.guest import GuestMemory
 
 log = get_logger(__name__)
 

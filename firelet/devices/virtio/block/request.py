@@ -14,7 +14,7 @@ import enum
 import struct
 
 from firelet.devices.virtio.queue import DescriptorChain
-from firelet.vmm.memory import GuestMemory
+from firelet.memory.guest import GuestMemory
 
 # §5.2.6 request types.
 VIRTIO_BLK_T_IN = 0

@@ -1,0 +1,77 @@
+"""Bodies of API requests that are not part of the configuration file.
+
+Shapes from Firecracker's ``firecracker.yaml`` (1.x); the configuration-file
+sections (drives, machine-config, ...) live in :mod:`firelet.config.model`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from firelet.config.model import MAX_MEM_SIZE_MIB, Model, RateLimiter
+
+
+class BalloonStatsUpdate(Model):
+    stats_polling_interval_s: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
+
+
+class BalloonUpdate(Model):
+    amount_mib: Annotated[int, msgspec.Meta(ge=0, le=MAX_MEM_SIZE_MIB)]
+
+
+class PartialDrive(Model):
+    drive_id: str
+    path_on_host: str | None = None
+    rate_limiter: RateLimiter | None = None
+
+
+class PartialNetworkInterface(Model):
+    iface_id: str
+    rx_rate_limiter: RateLimiter | None = None
+    tx_rate_limiter: RateLimiter | None = None
+
+
+class InstanceActionInfo(Model):
+    action_type: Literal["FlushMetrics", "InstanceStart", "SendCtrlAltDel"]
+
+
+class VmState(Model):
+    state: Literal["Paused", "Resumed"]
+
+
+class SnapshotCreateParams(Model):
+    mem_file_path: str
+    snapshot_path: str
+    snapshot_type: Literal["Full", "Diff"] = "Full"
+
+
+class MemoryBackend(Model):
+    backend_type: Literal["File", "Uffd"]
+    backend_path: str
+
+
+class NetworkOverride(Model):
+    iface_id: str
+    host_dev_name: str
+
+
+class VsockOverride(Model):
+    uds_path: str
+
+
+class SnapshotLoadParams(Model):
+    snapshot_path: str
+    mem_file_path: str | None = None
+    mem_backend: MemoryBackend | None = None
+    enable_diff_snapshots: bool | None = None
+    track_dirty_pages: bool | None = None
+    resume_vm: bool = False
+    network_overrides: list[NetworkOverride] | None = None
+    vsock_override: VsockOverride | None = None
+    clock_realtime: bool | None = None
+
+    def __post_init__(self) -> None:
+        if (self.mem_file_path is None) == (self.mem_backend is None):
+            raise ValueError("mem_backend: give exactly one of mem_backend and mem_file_path")

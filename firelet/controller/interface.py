@@ -1,0 +1,156 @@
+"""What the API needs from the VMM, and how its calls cross to the VMM's event loop.
+
+The API server runs in its own thread. It never touches VMM objects directly:
+every operation is a plain function handed to :meth:`VmmBackend.submit`, which
+runs it on the VMM's event loop and hands back a :class:`concurrent.futures.Future`.
+So the VMM needs no locks for the API, and a busy device or vCPU never stops
+the API from answering.
+
+The real backend is ``firelet.controller.vmm_controller.VmmController`` (built with
+``VmmController(instance_id=...)`` when ``InstanceStart`` arrives); before
+that, the API itself holds the configuration and answers for the VM.
+:class:`CallQueue` is a ready-made ``submit`` for an event loop built on
+``selectors``/``epoll``: register :meth:`CallQueue.fileno` and call
+:meth:`CallQueue.run_pending` when it is readable.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+
+from firelet.errors import FireletError
+
+if TYPE_CHECKING:  # pragma: no cover - keeps msgspec off this module's import path
+    from firelet.config.requests import SnapshotCreateParams, SnapshotLoadParams
+    from firelet.config.model import Balloon, RateLimiter, VmConfig
+
+T = TypeVar("T")
+
+VmRunState = Literal["Not started", "Running", "Paused"]
+
+
+class BackendError(FireletError):
+    """An operation the VMM refused; the API answers 400 with this message as ``fault_message``."""
+
+
+class NotSupported(BackendError):
+    """An operation firelet cannot do yet (Firecracker answers these with a 400 too)."""
+
+
+@runtime_checkable
+class VmmBackend(Protocol):
+    """The running microVM, as the API sees it.
+
+    Every method except :meth:`submit`, :meth:`wait` and :attr:`state` is called
+    *on the event loop*, through ``submit``. Methods raise :class:`BackendError`
+    (or :class:`NotSupported`) for requests they refuse; any other exception is
+    reported as an internal error, and the VMM keeps running.
+    """
+
+    @property
+    def state(self) -> VmRunState:
+        """``"Not started"``, ``"Running"`` or ``"Paused"``; safe to read from any thread."""
+        ...
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Run ``fn`` on the VMM's event loop; thread-safe; the future holds its result or exception."""
+        ...
+
+    def start(self, config: VmConfig) -> None:
+        """Build and boot the VM described by ``config`` (already validated, kernel present)."""
+        ...
+
+    def pause(self) -> None: ...
+
+    def resume(self) -> None: ...
+
+    def send_ctrl_alt_del(self) -> None:
+        """Press Ctrl-Alt-Del on the i8042 keyboard (the guest decides what to do)."""
+        ...
+
+    def update_drive(self, drive_id: str, path_on_host: str) -> None:
+        """Swap a drive's backing file after boot (and tell the guest its size may have changed)."""
+        ...
+
+    def update_drive_rate_limiter(self, drive_id: str, rate_limiter: RateLimiter) -> None: ...
+
+    def update_net_rate_limiters(
+        self, iface_id: str, rx: RateLimiter | None, tx: RateLimiter | None
+    ) -> None: ...
+
+    def balloon_config(self) -> Balloon: ...
+
+    def update_balloon(self, amount_mib: int) -> None: ...
+
+    def balloon_stats(self) -> dict[str, int]:
+        """Firecracker's ``BalloonStats`` fields (target_pages, actual_pages, target_mib, actual_mib, ...)."""
+        ...
+
+    def update_balloon_stats_interval(self, stats_polling_interval_s: int) -> None: ...
+
+    def create_snapshot(self, params: SnapshotCreateParams) -> None: ...
+
+    def load_snapshot(self, params: SnapshotLoadParams) -> None: ...
+
+    def flush_metrics(self) -> None:
+        """Fold any per-device counters into :mod:`firelet.metrics` before the API writes a line."""
+        ...
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the VM has ended and return the VMM's exit code, or None on timeout."""
+        ...
+
+
+class CallQueue:
+    """A thread-safe ``submit`` for a single-threaded event loop, woken through an eventfd."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+    def fileno(self) -> int:
+        """Readable when calls are waiting: register it with the loop's selector."""
+        return self._wake_fd
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._calls.put((fn, future))
+        os.eventfd_write(self._wake_fd, 1)
+        return future
+
+    def run_pending(self) -> int:
+        """Run every waiting call on the calling (event loop) thread; returns how many ran."""
+        try:
+            os.eventfd_read(self._wake_fd)
+        except BlockingIOError:
+            pass
+        ran = 0
+        while True:
+            try:
+                fn, future = self._calls.get_nowait()
+            except queue.Empty:
+                return ran
+            ran += 1
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed to the API thread, never raised in the loop
+                future.set_exception(exc)
+
+    def close(self) -> None:
+        """Fail calls still waiting, and release the eventfd."""
+        while True:
+            try:
+                _, future = self._calls.get_nowait()
+            except queue.Empty:
+                break
+            if future.set_running_or_notify_cancel():
+                future.set_exception(BackendError("the VMM has stopped"))
+        if self._wake_fd >= 0:
+            os.close(self._wake_fd)
+            self._wake_fd = -1

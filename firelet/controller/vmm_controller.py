@@ -1,0 +1,164 @@
+"""The real VMM behind the API: runs API operations on the VMM's event loop.
+
+Implements :class:`firelet.controller.interface.VmmBackend`. The controller owns the
+event loop from process start (so the API can hand it work before the VM
+exists); ``InstanceStart`` builds the VM onto that same loop.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+from firelet.controller.interface import BackendError, NotSupported
+from firelet.log import get_logger
+from firelet.events.loop import EventLoop
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+def fold_device_metrics(vmm: Any) -> None:
+    from firelet.metrics import METRICS
+
+    blocks = [d.metrics for name, d in vmm.devices.items() if name.startswith("block:")]
+    block = METRICS.block
+    block.read_bytes = sum(m.read_bytes for m in blocks)
+    block.write_bytes = sum(m.write_bytes for m in blocks)
+    block.read_count = sum(m.read_ops for m in blocks)
+    block.write_count = sum(m.write_ops for m in blocks)
+    block.flush_count = sum(m.flush_ops for m in blocks)
+    block.invalid_reqs_count = sum(m.failures + m.dropped for m in blocks)
+    serial = vmm.devices.get("serial")
+    if serial is not None:
+        METRICS.uart.write_count = serial.tx_bytes
+        METRICS.uart.read_count = serial.rx_bytes
+        METRICS.uart.missed_write_count = serial.tx_dropped
+
+
+class VmmController:
+    def __init__(self, instance_id: str = "anonymous-instance", console: Any = None, *,
+                 boot_timer: bool = False) -> None:
+        self.instance_id = instance_id
+        self._console = console
+        #: Firecracker's ``--boot-timer``: log the guest's boot time, counted from the start request.
+        self._boot_timer = boot_timer
+        self.loop = EventLoop()
+        self.loop.start()
+        self.vmm: Any = None
+        self.config: Any = None
+        self._ended = threading.Event()
+
+    # -- threading ------------------------------------------------------------
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        future: Future[T] = Future()
+
+        def call() -> None:
+            if not future.set_running_or_notify_cancel():
+                return
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # handed back to the API thread
+                future.set_exception(exc)
+
+        self.loop.call_soon(call)
+        return future
+
+    @property
+    def state(self) -> str:
+        if self.vmm is None:
+            return "Not started"
+        state = self.vmm.state
+        return "Paused" if state == "Paused" else "Running"
+
+    # -- operations (run on the event loop) ----------------------------------
+    def start(self, config: Any) -> None:
+        from firelet.builder.boot import ConsoleSpec, build_vmm
+        from firelet.devices.legacy.console import FdSink
+
+        if self.vmm is not None:
+            raise BackendError("the microVM is already running")
+        timer = None
+        if self._boot_timer:
+            from firelet.devices.pseudo.boot_timer import BootTimer, Timestamp
+
+            timer = BootTimer(Timestamp.now(), report=log.info)
+        console = ConsoleSpec(self._console if self._console is not None else FdSink(1))
+        self.vmm = build_vmm(config, console, event_loop=self.loop, boot_timer=timer)
+        self.config = config
+        self.vmm.start()
+        threading.Thread(target=self._watch, name="fl-watch", daemon=True).start()
+
+    def _watch(self) -> None:
+        self.vmm.wait()
+        self._ended.set()
+
+    def _vmm(self) -> Any:
+        if self.vmm is None:
+            raise BackendError("the microVM has not been started")
+        return self.vmm
+
+    def pause(self) -> None:
+        self._vmm().pause()
+
+    def resume(self) -> None:
+        self._vmm().resume()
+
+    def send_ctrl_alt_del(self) -> None:
+        self._vmm().devices["i8042"].trigger_ctrl_alt_del()
+
+    def update_drive(self, drive_id: str, path_on_host: str) -> None:
+        device = self._vmm().devices.get(f"block:{drive_id}")
+        if device is None:
+            raise BackendError(f"no drive with drive_id {drive_id!r}")
+        try:
+            device.update_backing_file(path_on_host)
+        except OSError as exc:
+            raise BackendError(f"drive {drive_id}: cannot open {path_on_host}: {exc.strerror}") from None
+
+    def update_drive_rate_limiter(self, drive_id: str, rate_limiter: Any) -> None:
+        raise NotSupported("drive rate limiters are not supported by firelet yet")
+
+    def update_net_rate_limiters(self, iface_id: str, rx: Any, tx: Any) -> None:
+        raise NotSupported("network interfaces are not supported by firelet yet")
+
+    def balloon_config(self) -> Any:
+        raise NotSupported("the balloon device is not supported by firelet yet")
+
+    def update_balloon(self, amount_mib: int) -> None:
+        raise NotSupported("the balloon device is not supported by firelet yet")
+
+    def balloon_stats(self) -> dict[str, int]:
+        raise NotSupported("the balloon device is not supported by firelet yet")
+
+    def update_balloon_stats_interval(self, stats_polling_interval_s: int) -> None:
+        raise NotSupported("the balloon device is not supported by firelet yet")
+
+    def create_snapshot(self, params: Any) -> None:
+        raise NotSupported("snapshots are not supported by firelet yet")
+
+    def load_snapshot(self, params: Any) -> None:
+        raise NotSupported("snapshots are not supported by firelet yet")
+
+    def flush_metrics(self) -> None:
+        """Fold the devices' own counters into the process-wide metrics (cumulative values)."""
+        if self.vmm is not None:
+            fold_device_metrics(self.vmm)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Block until the VM ends; its exit code (0 for a clean end), None on timeout."""
+        if self.vmm is None:
+            if not self._ended.wait(timeout):
+                return None
+        outcome = self.vmm.wait(timeout)
+        if outcome is None:
+            return None
+        return outcome.exit_code
+
+    def close(self) -> None:
+        if self.vmm is not None:
+            self.vmm.close()
+        else:
+            self.loop.stop()

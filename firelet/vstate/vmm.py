@@ -1,0 +1,167 @@
+"""A built, runnable microVM: its KVM objects, memory, devices and threads.
+
+The builder (:mod:`firelet.builder.boot`) makes a :class:`Vmm`; this module only
+runs it: start the event loop and the vCPU threads, pause and resume them, and
+end everything exactly once when the guest resets, powers off, crashes, or the
+host stops it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from firelet.log import DEBUG, get_logger
+from firelet.arch.x86_64 import layout
+from firelet.vstate.bus import Bus
+from firelet.events.loop import EventLoop
+from firelet.vstate.exits import ExitKind, VmExit
+from firelet.vstate.vcpu import Vcpu, VcpuGate
+
+log = get_logger(__name__)
+
+#: How long pause() waits for every vCPU to leave KVM_RUN.
+PAUSE_TIMEOUT_S = 5.0
+
+
+class VmmResources:
+    """Everything the VM owns that must be released when it ends."""
+
+    __slots__ = ("kvm", "vm_fd", "memory", "closers")
+
+    def __init__(self, kvm: Any, vm_fd: Any, memory: Any, closers: list[Callable[[], None]] | None = None) -> None:
+        self.kvm, self.vm_fd, self.memory = kvm, vm_fd, memory
+        self.closers: list[Callable[[], None]] = [] if closers is None else closers
+
+
+class Vmm:
+    def __init__(self, resources: VmmResources, event_loop: EventLoop, gate: VcpuGate) -> None:
+        self.resources = resources
+        self.memory = resources.memory
+        self.event_loop = event_loop
+        self.gate = gate
+        self.vcpus: list[Vcpu] = []
+        self.io_bus = Bus()
+        self.mmio_bus = Bus()
+        self.kernel: Any = None
+        self.cmdline = ""
+        #: How the boot vCPU enters the kernel: "long" (64-bit boot protocol) or "pvh".
+        self.boot_mode = "long"
+        self.entry = 0
+        self.start_info = layout.PVH_INFO_START
+        #: Devices by role, for the controller: "serial", "i8042", "block:<id>", ...
+        self.devices: dict[str, Any] = {}
+        #: KVM's coalesced I/O ring (firelet.vstate.coalesced), when KVM offers coalesced port I/O.
+        self.coalesced_ring: Any = None
+        self._exit: VmExit | None = None
+        self._exit_lock = threading.Lock()
+        self._done = threading.Event()
+        self._started = False
+        self._closed = False
+        self.boot_time: float | None = None
+        event_loop.on_failure = lambda exc: self.finish(VmExit(ExitKind.VMM_ERROR, f"event loop: {exc}"))
+
+    # -- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        """Start the vCPUs and the event loop that serves the devices."""
+        if self._started:
+            raise RuntimeError("microVM already started")
+        self._started = True
+        self.boot_time = time.monotonic()
+        if self.event_loop.thread is None and not self._done.is_set():
+            self.event_loop.start()
+        for vcpu in self.vcpus:
+            vcpu.start()
+
+    @property
+    def state(self) -> str:
+        if not self._started:
+            return "Not started"
+        if self._done.is_set():
+            return "Stopped"
+        return "Running" if self.gate.running.is_set() else "Paused"
+
+    def pause(self) -> None:
+        """Stop all vCPUs in their tracks; returns once none is inside the guest."""
+        if self._done.is_set():
+            return
+        self.gate.running.clear()
+        for vcpu in self.vcpus:
+            vcpu.kick()
+        if not self.gate.wait_parked(len(self.vcpus), PAUSE_TIMEOUT_S):
+            raise TimeoutError("vCPUs did not stop within 5 s")
+
+    def resume(self) -> None:
+        for vcpu in self.vcpus:
+            vcpu.fd.set_immediate_exit(False)
+        self.gate.running.set()
+
+    def finish(self, outcome: VmExit) -> None:
+        """Record how the VM ended (the first report wins) and stop every thread."""
+        with self._exit_lock:
+            if self._exit is not None:
+                return
+            self._exit = outcome
+        log.info("microVM ended: %s", outcome)
+        self.gate.stopping.set()
+        self.gate.running.set()
+        for vcpu in self.vcpus:  # the reporting vCPU too: its next KVM_RUN must return at once
+            vcpu.kick()
+        self.event_loop.stop()
+        self._done.set()
+
+    def describe_vcpus(self) -> list[str]:
+        """Each vCPU's registers, ``"vCPU N: rip=..."``: for a guest that seems stuck.
+
+        A running VM is paused for the moment it takes (KVM only hands out a vCPU's
+        registers while it is out of the guest) and resumed.
+        """
+        running = self._started and not self._done.is_set() and self.gate.running.is_set()
+        if running:
+            try:
+                self.pause()
+            except TimeoutError as exc:  # some vCPU is busy in the VMM: let them all run on
+                self.resume()
+                return [f"vCPUs: {exc}"]
+        try:
+            return [f"vCPU {v.index}: {v.describe_state(self.memory)}" for v in self.vcpus]
+        finally:
+            if running:
+                self.resume()
+
+    def stop(self, detail: str = "") -> None:
+        self.finish(VmExit(ExitKind.STOPPED, detail))
+
+    def wait(self, timeout: float | None = None) -> VmExit | None:
+        """Block until the VM ends; None if ``timeout`` ran out first."""
+        if not self._done.wait(timeout):
+            return None
+        return self._exit
+
+    @property
+    def exit(self) -> VmExit | None:
+        return self._exit
+
+    def close(self) -> None:
+        """Join the threads, flush and close devices, release KVM objects and memory."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._done.is_set():
+            self.stop("closed")
+        current = threading.current_thread()
+        for vcpu in self.vcpus:
+            if vcpu.thread is not None and vcpu.thread is not current:
+                vcpu.thread.join(timeout=5)
+                if vcpu.thread.is_alive():
+                    log.warning("vCPU %d did not stop", vcpu.index)
+        loop_thread = self.event_loop.thread
+        if loop_thread is not None and loop_thread is not current:
+            loop_thread.join(timeout=5)
+        for closer in reversed(self.resources.closers):
+            try:
+                closer()
+            except Exception:  # keep releasing the rest
+                log.warning("error while releasing the VM", exc_info=log.isEnabledFor(DEBUG))
