@@ -21,8 +21,7 @@ def hide_typing_extensions() -> None:
     models use ``typing`` alone, so msgspec decodes them the same without it. In the nested
     rig its import (with ``inspect``, ``ast``, ``dis``...) was ~0.1 s of the VMM's start.
     """
-    # None in sys.modules is the documented way to make an import fail; typeshed allows modules only.
-    sys.modules.setdefault("typing_extensions", None)  # type: ignore[arg-type]
+    sys.modules.setdefault("typing_extensions", None)  # type: ignore[arg-type]  # None: the import fails (documented)
 
 
 def skip_message_catalog_search() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 # The vCPU state structures and kvm_run live in two private modules, to keep
 # each file short; this module re-exports them and is the one to import.
-from firelet.kvm._uapi_cpu import *  # noqa: F403
+from firelet.kvm._uapi_cpu import *  # noqa: F403 - re-exported: this module is the one to import
 from firelet.kvm._uapi_cpu import (
     KVM_IOAPIC_NUM_PINS,
     _char,
@@ -34,7 +34,7 @@ from firelet.kvm._uapi_cpu import (
     kvm_msr_list,
     kvm_msrs,
 )
-from firelet.kvm._uapi_run import *  # noqa: F403
+from firelet.kvm._uapi_run import *  # noqa: F403 - re-exported: this module is the one to import
 
 # --- linux/kvm.h: flags and states ---
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
