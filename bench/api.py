@@ -117,7 +117,8 @@ def _latency(sock_path: Path, requests: int) -> tuple[list[float], list[float]]:
 
 
 def _row(name: str, unit: str, values: list[float]) -> str:
-    return (f"| {name} | {statistics.median(values):.2f} {unit} | {min(values):.2f} | {max(values):.2f} | {len(values)} |")
+    median = statistics.median(values)
+    return f"| {name} | {median:.2f} {unit} | {min(values):.2f} | {max(values):.2f} | {len(values)} |"
 
 
 def main() -> int:

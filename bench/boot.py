@@ -32,9 +32,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launchers import LAUNCHERS, BootInputs, Launcher  # noqa: E402
+from firelet.errors import FireletError
 
-from firelet.errors import FireletError  # noqa: E402
+from launchers import LAUNCHERS, BootInputs, Launcher
 
 _HOST_ENV = "FIRELET_BENCH_HOST"   # the real machine's description, handed into the rig
 _RIG_ENV = "FIRELET_BENCH_RIG"
@@ -193,7 +193,8 @@ def render(report: dict[str, object]) -> str:
             f"| {_range(r['pss_mib'], '{:.1f}')} | {ratios} | {r['clean_exits']}/{len(r['boots'])} |")
         for b in r["boots"]:
             if "error" in b:
-                lines.append(f"|  ↳ failed: {b['error']} | " + " / ".join(b.get("console_tail", []))[-200:] + " | | | | | |")
+                tail = " / ".join(b.get("console_tail", []))[-200:]
+                lines.append(f"|  ↳ failed: {b['error']} | {tail} | | | | | |")
     return "\n".join(lines)
 
 

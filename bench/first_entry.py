@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from launchers import LAUNCHERS, BootInputs  # noqa: E402
+from launchers import LAUNCHERS, BootInputs
 
 TRACING = Path("/sys/kernel/tracing")
 _ENTRY = re.compile(r"\s(\d+\.\d+): kvm_entry")

@@ -36,7 +36,7 @@ class LazyLogger:
         if self._logger is not None or "logging" in sys.modules:
             self.__getattr__("info")(msg, *args, **kwargs)
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - logging's name
+    def isEnabledFor(self, level: int) -> bool:  # logging.Logger's name, so callers need not know
         if self._logger is None and "logging" not in sys.modules:
             return level >= WARNING
         return bool(self.__getattr__("isEnabledFor")(level))

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 #: What the demo guest runs when nobody is at a terminal to type.
@@ -31,8 +32,8 @@ def register(sub: Any) -> None:
 
 
 def demo(args: argparse.Namespace) -> int:
-    from firelet.devtools.images import build_kernel, build_rootfs
     from firelet.cli.terminal import is_interactive
+    from firelet.devtools.images import build_kernel, build_rootfs
     from firelet.devtools.nested.detect import local_kvm_runs_stock_guests
 
     kernel = build_kernel()
@@ -64,14 +65,14 @@ def _demo_in_rig(args: argparse.Namespace, reason: str, interactive: bool) -> in
 
 
 def _boot(vmlinux: os.PathLike[str], template: os.PathLike[str], args: argparse.Namespace, interactive: bool) -> int:
+    from firelet.builder.boot import DEFAULT_BOOT_ARGS
     from firelet.cli.run import run_foreground
     from firelet.devtools.images import copy_rootfs
     from firelet.microvm import MicroVM, stdout_sink
-    from firelet.builder.boot import DEFAULT_BOOT_ARGS
 
     cmd = args.cmd if args.cmd is not None else (None if interactive else DEFAULT_DEMO_CMD)
     with tempfile.TemporaryDirectory(prefix="firelet-demo-") as tmp:
-        disk = copy_rootfs(os.path.join(tmp, "rootfs.ext4"))
+        disk = copy_rootfs(Path(tmp) / "rootfs.ext4")
         vm = MicroVM(
             vmlinux, rootfs=disk, cmd=cmd, vcpus=args.vcpus, mem_mib=args.mem,
             cmdline=f"{DEFAULT_BOOT_ARGS} quiet",  # the greeting, not the kernel's boot log

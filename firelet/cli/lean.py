@@ -21,7 +21,7 @@ def hide_typing_extensions() -> None:
     models use ``typing`` alone, so msgspec decodes them the same without it. In the nested
     rig its import (with ``inspect``, ``ast``, ``dis``...) was ~0.1 s of the VMM's start.
     """
-    sys.modules.setdefault("typing_extensions", None)  # type: ignore[arg-type]
+    sys.modules.setdefault("typing_extensions", None)  # type: ignore[arg-type]  # None: the import fails (documented)
 
 
 def skip_message_catalog_search() -> None:
@@ -106,5 +106,5 @@ def _run_dump_hooks() -> None:
     for hook in list(_dump_hooks):
         try:
             hook()
-        except Exception as exc:  # noqa: BLE001 - a diagnostic must not end the VMM
+        except Exception as exc:  # a diagnostic must not end the VMM
             print(f"firelet: state dump failed: {exc}", file=sys.stderr)

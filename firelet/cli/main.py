@@ -12,6 +12,8 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from firelet import __version__
 from firelet.errors import FireletError
@@ -43,8 +45,11 @@ def terminal_columns() -> int:
         return int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
         pass
+    stdout = sys.__stdout__
+    if stdout is None:
+        return 80
     try:
-        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+        return os.get_terminal_size(stdout.fileno()).columns or 80
     except (AttributeError, ValueError, OSError):
         return 80
 
@@ -52,9 +57,9 @@ def terminal_columns() -> int:
 class ArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose help (and sub-parsers' help) uses :class:`HelpFormatter`."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(*args, **kwargs)
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -125,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_command(args.func, args)
 
 
-def run_command(func, args) -> int:  # noqa: ANN001 - argparse callables
+def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
     """Run a sub-command, turning failures into one line on stderr and an exit code."""
     try:
         return int(func(args) or 0)

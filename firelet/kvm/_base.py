@@ -11,7 +11,8 @@ import ctypes
 import errno
 import fcntl
 import os
-from functools import lru_cache
+from collections.abc import Callable
+from functools import cache
 
 from firelet.errors import FireletError
 
@@ -25,7 +26,7 @@ class KvmError(FireletError):
         self.request = request
 
 
-@lru_cache(maxsize=None)
+@cache
 def _names() -> dict[int, str]:
     from firelet.kvm import ioctls
 
@@ -44,8 +45,8 @@ def request_name(request: int) -> str:
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 
 
-@lru_cache(maxsize=None)
-def _libc_ioctl() -> ctypes._CFuncPtr:
+@cache
+def _libc_ioctl() -> Callable[..., int]:
     func = ctypes.CDLL(None, use_errno=True).ioctl
     func.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
     func.restype = ctypes.c_int
@@ -61,7 +62,7 @@ def _ioctl_ulong(fd: int, request: int, arg: int) -> int:
     return result
 
 
-def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array = 0) -> int:
+def ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.Array | ctypes.c_uint64 = 0) -> int:
     """Issue one ioctl; an int ``arg`` is passed by value, a ctypes object by reference.
 
     Returns the ioctl's non-negative result; failures raise :class:`KvmError`.

@@ -13,14 +13,28 @@ from __future__ import annotations
 
 import ctypes
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
+from typing import Any
 
 # The vCPU state structures and kvm_run live in two private modules, to keep
 # each file short; this module re-exports them and is the one to import.
-from firelet.kvm._uapi_cpu import *  # noqa: F403
-from firelet.kvm._uapi_cpu import _char, _s32, _s64, _Struct, _u8, _u16, _u32, _u64
-from firelet.kvm._uapi_cpu import kvm_cpuid2, kvm_cpuid_entry2, kvm_msr_list, kvm_msrs
-from firelet.kvm._uapi_run import *  # noqa: F403
+from firelet.kvm._uapi_cpu import *  # noqa: F403 - re-exported: this module is the one to import
+from firelet.kvm._uapi_cpu import (
+    KVM_IOAPIC_NUM_PINS,
+    _char,
+    _s32,
+    _s64,
+    _Struct,
+    _u8,
+    _u16,
+    _u32,
+    _u64,
+    kvm_cpuid2,
+    kvm_cpuid_entry2,
+    kvm_msr_list,
+    kvm_msrs,
+)
+from firelet.kvm._uapi_run import *  # noqa: F403 - re-exported: this module is the one to import
 
 # --- linux/kvm.h: flags and states ---
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
@@ -256,11 +270,12 @@ class kvm_irq_routing(_Struct):
 
 
 # --- helpers for the flexible-array structures ---
-@lru_cache(maxsize=None)
+@cache
 def _flex_type(header: type[ctypes.Structure], n: int) -> type[ctypes.Structure]:
     """A subclass-like twin of ``header`` whose last (flexible) array holds ``n`` elements."""
-    *head, (last_name, last_type) = header._fields_
-    fields = [*head, (last_name, last_type._type_ * n)]
+    *head, last = header._fields_
+    flexible: Any = last[1]  # a zero-length ctypes array type; _type_ is its element type
+    fields = [*head, (last[0], flexible._type_ * n)]
     return type(f"{header.__name__}_{n}", (_Struct,), {"_fields_": fields})
 
 
@@ -270,7 +285,7 @@ def make_kvm_msrs(entries: int | Iterable[tuple[int, int]]) -> ctypes.Structure:
     n = entries if isinstance(entries, int) else len(pairs)
     msrs = _flex_type(kvm_msrs, n)()
     msrs.nmsrs = n
-    for slot, (index, data) in zip(msrs.entries, pairs):
+    for slot, (index, data) in zip(msrs.entries, pairs, strict=False):  # no pairs when only room is asked for
         slot.index = index
         slot.data = data
     return msrs

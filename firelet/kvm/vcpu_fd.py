@@ -31,6 +31,7 @@ import mmap
 import os
 import signal
 from collections.abc import Iterable
+from typing import TypeVar
 
 from firelet.kvm import ioctls as K
 from firelet.kvm import structs as S
@@ -41,6 +42,7 @@ from firelet.kvm._base import KvmError, ioctl, kvm_error
 KICK_SIGNAL: int = signal.SIGRTMIN + 1
 
 _MMIO_DATA_OFFSET = S.kvm_run.mmio.offset + S.kvm_run_mmio.data.offset
+_S = TypeVar("_S", bound=ctypes.Structure)
 
 
 def _kick_noop(signum: int, frame: object) -> None:
@@ -131,7 +133,7 @@ class VcpuFd:
         return self._view[_MMIO_DATA_OFFSET : _MMIO_DATA_OFFSET + length]
 
     # --- register state ---
-    def _get(self, request: int, struct: ctypes.Structure) -> ctypes.Structure:
+    def _get(self, request: int, struct: _S) -> _S:
         ioctl(self.fd, request, struct)
         return struct
 

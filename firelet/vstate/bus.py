@@ -50,8 +50,8 @@ class Bus:
                 raise BusError(f"range {base:#x}+{length:#x} overlaps {prev_base:#x}+{prev_len:#x}")
         if index < len(entries) and entries[index][0] < base + length:
             raise BusError(f"range {base:#x}+{length:#x} overlaps {entries[index][0]:#x}")
-        self._table = (bases[:index] + [base] + bases[index:],
-                       entries[:index] + [(base, length, device)] + entries[index:])
+        self._table = ([*bases[:index], base, *bases[index:]],
+                       [*entries[:index], (base, length, device), *entries[index:]])
         # A hit cached from the old table stays right: inserts never move a device.
         self._hits = {}
 

@@ -45,8 +45,9 @@ class CoalescedRing:
     def attach(self, page: memoryview | None) -> None:
         """Give the ring its page (a view of a vCPU's mapped area, once the first vCPU exists)."""
         with self._lock:
-            self._page = None if page is None else memoryview(page)
-            self._capacity = 0 if page is None else (len(self._page) - _HEADER.size) // _ENTRY.size
+            view = None if page is None else memoryview(page)
+            self._page = view
+            self._capacity = 0 if view is None else (len(view) - _HEADER.size) // _ENTRY.size
 
     def before_close(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` (e.g. a device's last flush of its queued writes) when the ring closes."""

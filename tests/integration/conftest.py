@@ -32,7 +32,7 @@ def real_kvm() -> None:
 
 
 @pytest.fixture(scope="session")
-def kernel():  # noqa: ANN201
+def kernel():
     from firelet.devtools.images import build_kernel
 
     return build_kernel()
@@ -60,7 +60,7 @@ def rootfs(rootfs_template: Path, tmp_path: Path) -> Path:
     return copy_rootfs(tmp_path / "rootfs.ext4", source=rootfs_template)
 
 
-def boot(kernel_path: Path, *, timeout: float = BOOT_TIMEOUT_S, **kwargs):  # noqa: ANN201
+def boot(kernel_path: Path, *, timeout: float = BOOT_TIMEOUT_S, **kwargs):
     """Boot a MicroVM to its end; returns (outcome, console text, guest exit status)."""
     import faulthandler
     import threading

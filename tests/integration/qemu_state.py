@@ -25,7 +25,7 @@ class LowRam:
     size: int
 
     def check_range(self, addr: int, length: int, /) -> bool:
-        return 0 <= addr and length >= 0 and addr + length <= self.size
+        return addr >= 0 and length >= 0 and addr + length <= self.size
 
 
 def parse_info_registers(text: str) -> list[dict[str, int]]:

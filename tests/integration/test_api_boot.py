@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import BOOT_TIMEOUT_S, read_until
-
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import guest_cmdline_for
+
+from conftest import BOOT_TIMEOUT_S, read_until
 
 MARKER = "hello-from-the-api"
 #: The guest prints the marker and then stays up, so that pause/resume and Ctrl-Alt-Del act on a live VM.

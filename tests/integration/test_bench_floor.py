@@ -19,14 +19,14 @@ def _floor(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(FLOOR), *args], capture_output=True, text=True, timeout=120)
 
 
-def test_floor_enters_the_guest_once_and_reports_kvms_exit(kernel) -> None:  # noqa: ANN001
+def test_floor_enters_the_guest_once_and_reports_kvms_exit(kernel) -> None:
     result = _floor("-v", str(kernel.vmlinux))
     assert result.returncode == 0, result.stderr
     reason = int(result.stdout.rsplit(" ", 1)[1])
     assert reason != KVM_EXIT_UNKNOWN, result.stdout
 
 
-def test_floor_with_imports_still_enters_the_guest(kernel) -> None:  # noqa: ANN001
+def test_floor_with_imports_still_enters_the_guest(kernel) -> None:
     result = _floor("-v", "--import", "msgspec,threading", str(kernel.vmlinux), "64")
     assert result.returncode == 0, result.stderr
     assert "KVM exit reason" in result.stdout

@@ -12,13 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from firelet.arch.x86_64 import bootparams
-
-from firelet.arch.x86_64 import layout
-
-from firelet.arch.x86_64 import loader
-
-from firelet.arch.x86_64 import pvh
+from firelet.arch.x86_64 import bootparams, layout, loader, pvh
 from firelet.memory.guest import GuestMemory
 
 MiB = layout.MiB
@@ -31,7 +25,7 @@ def mem() -> Iterator[GuestMemory]:
     memory.close()
 
 
-def test_real_vmlinux_loads_with_a_pvh_entry(kernel, mem: GuestMemory) -> None:  # noqa: ANN001
+def test_real_vmlinux_loads_with_a_pvh_entry(kernel, mem: GuestMemory) -> None:
     image = loader.load_kernel(mem, kernel.vmlinux)
     assert image.kind == "elf"
     assert image.pvh_entry is not None and image.pvh_entry < 1 << 32
@@ -44,7 +38,7 @@ def test_real_vmlinux_loads_with_a_pvh_entry(kernel, mem: GuestMemory) -> None: 
     assert mem.read_u32(start_info) == pvh.XEN_HVM_START_MAGIC_VALUE
 
 
-def test_real_bzimage_header_and_placement(kernel, mem: GuestMemory, tmp_path) -> None:  # noqa: ANN001
+def test_real_bzimage_header_and_placement(kernel, mem: GuestMemory, tmp_path) -> None:
     image = loader.load_kernel(mem, kernel.bzimage)
     assert image.kind == "bzimage"
     assert image.entry == layout.HIMEM_START + 0x200

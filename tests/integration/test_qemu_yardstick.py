@@ -7,18 +7,18 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import BOOT_TIMEOUT_S, exit_if_the_rig_corrupted_a_vcpu
-from qemu_state import describe_qemu_vcpus
-
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import guest_cmdline_for, parse_exit_status
 from firelet.vstate.vcpu import IMPOSSIBLE_STATE
 
+from conftest import BOOT_TIMEOUT_S, exit_if_the_rig_corrupted_a_vcpu
+from qemu_state import describe_qemu_vcpus
+
 sys.path.insert(0, str(repo_root() / "bench"))
-from launchers import BootInputs, QemuMicrovm  # noqa: E402
+from launchers import BootInputs, QemuMicrovm
 
 
-def _qemu_boot(kernel, rootfs: Path, command: str, tmp_path: Path) -> tuple[int, str]:  # noqa: ANN001
+def _qemu_boot(kernel, rootfs: Path, command: str, tmp_path: Path) -> tuple[int, str]:
     cmdline = f"console=ttyS0 reboot=k panic=-1 root=/dev/vda rw {guest_cmdline_for(command)}"
     boot = BootInputs(vmlinux=kernel.vmlinux, rootfs=rootfs, cmdline=cmdline)
     qmp = tmp_path / "qmp.sock"  # to ask a stuck guest's registers

@@ -6,9 +6,9 @@ import re
 import subprocess
 import sys
 
-from conftest import BOOT_TIMEOUT_S, firelet_cli
-
 from firelet.devtools.cache import repo_root
+
+from conftest import BOOT_TIMEOUT_S, firelet_cli
 
 
 def _python_blocks() -> list[str]:

@@ -9,6 +9,7 @@ import fcntl
 import os
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -45,7 +46,7 @@ def test_tap_device_can_be_created() -> None:
 
 
 def test_rig_mounts() -> None:
-    mounts = {line.split()[1]: line.split()[2] for line in open("/proc/mounts")}
+    mounts = {line.split()[1]: line.split()[2] for line in Path("/proc/mounts").read_text().splitlines()}
     assert mounts["/"] == "9p"
     for path, fstype in (("/tmp", "tmpfs"), ("/run", "tmpfs"), ("/dev/pts", "devpts"),
                          ("/sys/fs/cgroup", "cgroup2")):

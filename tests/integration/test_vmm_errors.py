@@ -9,7 +9,7 @@ import pytest
 from conftest import firelet_cli
 
 
-def _one_line_error(result) -> str:  # noqa: ANN001
+def _one_line_error(result) -> str:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

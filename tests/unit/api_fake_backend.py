@@ -12,8 +12,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from firelet.controller.interface import BackendError, NotSupported
 from firelet.config.model import Balloon, VmConfig
+from firelet.controller.interface import BackendError, NotSupported
 
 T = TypeVar("T")
 

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from api_fake_backend import call
 
 from firelet.devtools.cache import repo_root
+
+from api_fake_backend import call
 
 
 def _env() -> dict[str, str]:
@@ -139,13 +140,13 @@ class _Loop:
     def __init__(self, vmm: object) -> None:
         self.vmm = vmm
 
-    def submit(self, fn):  # noqa: ANN001, ANN201
+    def submit(self, fn):
         from concurrent.futures import Future
 
         future: Future[object] = Future()
         try:
             future.set_result(fn())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             future.set_exception(exc)
         return future
 

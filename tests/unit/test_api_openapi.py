@@ -18,12 +18,13 @@ import pytest
 import requests
 import schemathesis
 import urllib3
-from api_fake_backend import FakeBackend, serve
 from hypothesis import HealthCheck, settings
 from schemathesis import checks as st_checks
 
 from firelet.api import routes
 from firelet.api.routes import Api
+
+from api_fake_backend import FakeBackend, serve
 
 SPEC = Path(routes.__file__).with_name("openapi.json")
 schema = schemathesis.openapi.from_path(SPEC)

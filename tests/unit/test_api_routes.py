@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fake_backend import FakeBackend, call, serve
 
-from firelet.controller.interface import BackendError
 from firelet.api.routes import NOT_AFTER_BOOT, NOT_BEFORE_BOOT, Api
+from firelet.controller.interface import BackendError
 from firelet.metrics import Metrics
+
+from api_fake_backend import FakeBackend, call, serve
 
 KERNEL = {"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0"}
 ROOT = {"drive_id": "rootfs", "path_on_host": "/r.ext4", "is_root_device": True, "is_read_only": False}

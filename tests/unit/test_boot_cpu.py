@@ -7,9 +7,8 @@ import struct
 
 import pytest
 
+from firelet.arch.x86_64 import layout, regs
 from firelet.kvm.structs import kvm_lapic_state, kvm_sregs
-from firelet.arch.x86_64 import regs
-from firelet.arch.x86_64 import layout
 from firelet.memory.guest import GuestMemory
 
 

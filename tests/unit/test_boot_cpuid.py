@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.kvm.structs import kvm_cpuid_entry2, make_kvm_cpuid2
 from firelet.arch.x86_64.cpuid import build_cpuid
+from firelet.kvm.structs import kvm_cpuid_entry2, make_kvm_cpuid2
 
 SIGNIFICANT_INDEX = 1
 
@@ -75,7 +75,7 @@ def test_input_is_not_modified_and_entries_are_all_kept() -> None:
     out = build_cpuid(supported, 1, 2)
     assert bytes(supported) == before
     kept = [(e.function, e.index) for e in supported.entries]
-    assert [(e.function, e.index) for e in out.entries] == kept + [(0x1F, 2)]  # 0x1F lacked its terminator
+    assert [(e.function, e.index) for e in out.entries] == [*kept, (0x1F, 2)]  # 0x1F lacked its terminator
 
 
 def test_missing_topology_subleaves_are_added() -> None:
@@ -151,12 +151,12 @@ def test_every_vcpu_sees_its_own_apic_id_and_a_wide_enough_core_field(case: tupl
 
 
 def test_tsc_deadline_timer_is_advertised_only_when_kvm_has_it() -> None:
-    from firelet.kvm.structs import kvm_cpuid_entry2, make_kvm_cpuid2
     from firelet.arch.x86_64.cpuid import LEAF1_ECX_TSC_DEADLINE, build_cpuid
+    from firelet.kvm.structs import kvm_cpuid_entry2, make_kvm_cpuid2
 
     supported = make_kvm_cpuid2([kvm_cpuid_entry2(function=0, eax=1), kvm_cpuid_entry2(function=1)])
 
-    def leaf1_ecx(cpuid) -> int:  # noqa: ANN001
+    def leaf1_ecx(cpuid) -> int:
         return next(e.ecx for e in cpuid.entries[: cpuid.nent] if e.function == 1)
 
     assert leaf1_ecx(build_cpuid(supported, 0, 1, tsc_deadline=True)) & LEAF1_ECX_TSC_DEADLINE

@@ -14,15 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from firelet.arch.x86_64 import bootparams, cpuid, layout, loader, mptable, pvh, regs
 from firelet.kvm import Kvm
 from firelet.kvm import structs as S
-from firelet.arch.x86_64 import bootparams
-from firelet.arch.x86_64 import regs
-from firelet.arch.x86_64 import cpuid
-from firelet.arch.x86_64 import layout
-from firelet.arch.x86_64 import loader
-from firelet.arch.x86_64 import mptable
-from firelet.arch.x86_64 import pvh
 from firelet.memory.guest import GuestMemory
 
 ENTRY = 0x1000000
@@ -78,7 +72,7 @@ def mem() -> Iterator[GuestMemory]:
     memory.close()
 
 
-def _boot_vcpu(kvm: Kvm, mem: GuestMemory, kernel: loader.KernelImage, mode: regs.Mode):  # noqa: ANN202
+def _boot_vcpu(kvm: Kvm, mem: GuestMemory, kernel: loader.KernelImage, mode: regs.Mode):
     vm = kvm.create_vm()
     for slot, region in enumerate(mem.regions):
         vm.set_user_memory_region(slot, region.guest_addr, region.size, region.host_addr)
@@ -99,7 +93,7 @@ def _boot_vcpu(kvm: Kvm, mem: GuestMemory, kernel: loader.KernelImage, mode: reg
     return vm, vcpu
 
 
-def _outs(vcpu, count: int) -> list[int]:  # noqa: ANN001
+def _outs(vcpu, count: int) -> list[int]:
     values = []
     for _ in range(count):
         assert vcpu.run()

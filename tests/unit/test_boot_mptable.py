@@ -7,8 +7,8 @@ import struct
 import pytest
 
 from firelet.arch.x86_64 import layout
-from firelet.memory.guest import GuestMemory
 from firelet.arch.x86_64.mptable import MAX_CPUS, MPTableError, write_mptable
+from firelet.memory.guest import GuestMemory
 
 # Intel MP spec 1.4 §4.3: base entry lengths by type.
 _ENTRY_LENGTHS = {0: 20, 1: 8, 2: 8, 3: 8, 4: 8}
@@ -77,5 +77,5 @@ def test_entries_describe_cpus_bus_ioapic_and_interrupts(mem: GuestMemory, num_c
 
 @pytest.mark.parametrize("num_cpus", [0, MAX_CPUS + 1, 255])
 def test_cpu_count_out_of_range_is_an_error(mem: GuestMemory, num_cpus: int) -> None:
-    with pytest.raises(MPTableError, match="choose fewer vCPUs|1 to 32"):
+    with pytest.raises(MPTableError, match=r"choose fewer vCPUs|1 to 32"):
         write_mptable(mem, num_cpus)

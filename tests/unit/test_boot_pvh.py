@@ -8,8 +8,8 @@ import pytest
 
 from firelet.arch.x86_64 import layout
 from firelet.arch.x86_64.loader import BootConfigError
-from firelet.memory.guest import GuestMemory
 from firelet.arch.x86_64.pvh import write_pvh_start_info
+from firelet.memory.guest import GuestMemory
 
 MiB, GiB = layout.MiB, layout.GiB
 
@@ -24,7 +24,7 @@ def mem() -> GuestMemory:
 def _start_info(mem: GuestMemory, addr: int) -> dict[str, int]:
     names = ("magic", "version", "flags", "nr_modules", "modlist_paddr", "cmdline_paddr", "rsdp_paddr",
              "memmap_paddr", "memmap_entries", "reserved")  # fmt: skip
-    return dict(zip(names, struct.unpack("<IIIIQQQQII", mem.read(addr, 56))))
+    return dict(zip(names, struct.unpack("<IIIIQQQQII", mem.read(addr, 56)), strict=True))
 
 
 def _memmap(mem: GuestMemory, info: dict[str, int]) -> list[tuple[int, int, int]]:

@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firelet.errors import UsageError
 from firelet.config import model as cfgmod
 from firelet.config.model import (
     ConfigError,
@@ -20,6 +19,7 @@ from firelet.config.model import (
     encode_config,
     load_config_file,
 )
+from firelet.errors import UsageError
 
 FULL = {
     "boot-source": {"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0 reboot=k", "initrd_path": "/k/i"},
@@ -201,12 +201,12 @@ def test_arbitrary_bytes_never_escape_as_other_exceptions(data: bytes) -> None:
         pass
 
 
-def test_parts_firelet_cannot_do_yet_are_refused_not_ignored(tmp_path) -> None:  # noqa: ANN001
+def test_parts_firelet_cannot_do_yet_are_refused_not_ignored(tmp_path) -> None:
     import pytest
 
-    from firelet.errors import UsageError
     from firelet.builder.boot import check_inputs
     from firelet.config.model import decode_config
+    from firelet.errors import UsageError
 
     kernel = tmp_path / "vmlinux"
     kernel.write_bytes(b"\x7fELF")

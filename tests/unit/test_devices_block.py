@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from virtio_utils import MEM_SIZE, DriverQueue, mmio_init, mmio_read32, new_memory
 
 from firelet.devices.interrupt import CountingInterrupt
 from firelet.devices.virtio import mmio
@@ -25,6 +24,8 @@ from firelet.devices.virtio.block.request import (
     VIRTIO_BLK_T_IN,
     VIRTIO_BLK_T_OUT,
 )
+
+from virtio_utils import MEM_SIZE, DriverQueue, mmio_init, mmio_read32, new_memory
 
 SECTORS = 64
 TAIL = 100  # bytes past the last whole sector: not part of the disk, must stay untouched

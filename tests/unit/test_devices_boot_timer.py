@@ -7,10 +7,10 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.devices.pseudo.boot_timer import BOOT_COMPLETE, BootTimer, Timestamp, boot_time_line
 from firelet.arch.x86_64 import layout
-from firelet.config.model import BootSource, Drive, VmConfig
 from firelet.builder.device_manager import plan_virtio
+from firelet.config.model import BootSource, Drive, VmConfig
+from firelet.devices.pseudo.boot_timer import BOOT_COMPLETE, BootTimer, Timestamp, boot_time_line
 
 #: What Firecracker's own tests parse out of its log (tests/integration_tests/performance/test_boottime.py).
 FIRECRACKER_REGEX = re.compile(r"Guest-boot-time\s+\=\s+(\d+)\s+us")

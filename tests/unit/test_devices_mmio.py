@@ -7,12 +7,21 @@ import threading
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from virtio_utils import DriverQueue, mmio_device_features, mmio_init, mmio_read32, mmio_setup_queue, mmio_write32, new_memory
 
 from firelet.devices.interrupt import CountingInterrupt
 from firelet.devices.virtio import mmio
 from firelet.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDeviceBase
 from firelet.devices.virtio.queue import VIRTIO_RING_F_EVENT_IDX
+
+from virtio_utils import (
+    DriverQueue,
+    mmio_device_features,
+    mmio_init,
+    mmio_read32,
+    mmio_setup_queue,
+    mmio_write32,
+    new_memory,
+)
 
 VERSION_1 = 1 << VIRTIO_F_VERSION_1
 
@@ -127,7 +136,7 @@ def test_features_without_version_1_are_refused(setup) -> None:
 
 
 def test_driver_ok_before_queues_are_valid(setup) -> None:
-    transport, device, irq, drvs = setup
+    transport, device, irq, _drvs = setup
     status = mmio_init(transport, [])  # no queue set up at all
     assert status & mmio.STATUS_DEVICE_NEEDS_RESET
     assert not device.activated
@@ -136,7 +145,7 @@ def test_driver_ok_before_queues_are_valid(setup) -> None:
 
 
 def test_misaligned_queue_needs_reset(setup) -> None:
-    transport, device, _, drvs = setup
+    transport, device, _, _drvs = setup
     mmio_init(transport, [], features=None)
     mmio_write32(transport, mmio.STATUS, 0)
     bad = DriverQueue(transport.mem, 16, base=0x10008)  # descriptor table not 16-aligned
@@ -145,7 +154,7 @@ def test_misaligned_queue_needs_reset(setup) -> None:
 
 
 def test_driver_ok_out_of_order_is_ignored(setup) -> None:
-    transport, device, _, drvs = setup
+    transport, device, _, _drvs = setup
     mmio_write32(transport, mmio.STATUS, mmio.STATUS_ACKNOWLEDGE)
     mmio_write32(transport, mmio.STATUS, mmio.STATUS_ACKNOWLEDGE | mmio.STATUS_DRIVER_OK)
     assert mmio_read32(transport, mmio.STATUS) == mmio.STATUS_ACKNOWLEDGE
@@ -212,7 +221,7 @@ def test_device_exception_marks_needs_reset(setup) -> None:
 
 
 def test_corrupt_avail_idx_marks_needs_reset(setup) -> None:
-    transport, device, _, drvs = setup
+    transport, _device, _, drvs = setup
     mmio_init(transport, drvs)
     drvs[0].set_avail_idx(1000)
     transport.notify(0)
@@ -222,7 +231,7 @@ def test_corrupt_avail_idx_marks_needs_reset(setup) -> None:
 
 
 def test_failed_status_stops_setup(setup) -> None:
-    transport, device, _, drvs = setup
+    transport, _device, _, drvs = setup
     mmio_write32(transport, mmio.STATUS, mmio.STATUS_ACKNOWLEDGE)
     mmio_write32(transport, mmio.STATUS, mmio.STATUS_ACKNOWLEDGE | mmio.STATUS_FAILED)
     assert mmio_read32(transport, mmio.STATUS) & mmio.STATUS_FAILED
@@ -304,7 +313,7 @@ _OPS = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(ops=st.lists(_OPS, max_size=40))
-def test_any_register_sequence_from_the_guest_keeps_the_transport_sane(ops) -> None:  # noqa: ANN001
+def test_any_register_sequence_from_the_guest_keeps_the_transport_sane(ops) -> None:
     mem = new_memory()
     device, irq = _EchoDevice(), CountingInterrupt()
     transport = mmio.MmioTransport(mem, device, irq)

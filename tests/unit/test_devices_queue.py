@@ -17,6 +17,7 @@ from firelet.devices.virtio.queue import (
     Descriptor,
     Queue,
 )
+
 from virtio_utils import MEM_SIZE, DriverQueue, new_memory
 
 INDIRECT = 1 << VIRTIO_RING_F_INDIRECT_DESC

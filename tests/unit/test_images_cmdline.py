@@ -8,11 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.errors import UsageError
 from firelet.devtools.images import (
-    EXIT_MARKER, MAX_CMD_FRAGMENT, READY_MARKER, guest_cmdline_for, parse_exit_status,
+    EXIT_MARKER,
+    MAX_CMD_FRAGMENT,
+    READY_MARKER,
+    guest_cmdline_for,
+    parse_exit_status,
     parse_ready_uptime,
 )
+from firelet.errors import UsageError
 
 commands = st.text(min_size=1, max_size=400).filter(lambda s: s.strip())
 

@@ -36,7 +36,7 @@ def test_members_are_4_byte_aligned_and_end_with_trailer() -> None:
     assert b"TRAILER!!!\0" in archive[-128:]
 
 
-def test_gnu_cpio_lists_what_we_wrote(tmp_path) -> None:  # noqa: ANN001
+def test_gnu_cpio_lists_what_we_wrote(tmp_path) -> None:
     listing = subprocess.run(["cpio", "-itv", "--quiet"], input=write_newc(TREE),
                              stdout=subprocess.PIPE, check=True).stdout.decode()
     lines = listing.splitlines()

@@ -12,15 +12,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.devtools.cache import repo_root
-from firelet.errors import FireletError
-from firelet.devtools.images import KernelArtifacts, build_kernel
 from firelet.devtools import host as _host
-from firelet.devtools.images import kernel
+from firelet.devtools.cache import repo_root
+from firelet.devtools.images import KernelArtifacts, build_kernel, kernel
 from firelet.devtools.images.kernel import (
-    FRAGMENT_PATH, XEN_ELFNOTE_PHYS32_ENTRY, check_bzimage, check_vmlinux, kernel_key,
+    FRAGMENT_PATH,
+    XEN_ELFNOTE_PHYS32_ENTRY,
+    check_bzimage,
+    check_vmlinux,
+    kernel_key,
 )
 from firelet.devtools.images.progress import LiveLine, ticker
+from firelet.errors import FireletError
 
 
 def _note(name: bytes, note_type: int, desc: bytes) -> bytes:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from firelet.devtools.cache import repo_root
-from firelet.errors import UsageError
 from firelet.devtools.images import build_initramfs, build_rootfs, copy_rootfs
 from firelet.devtools.images.cpio import read_newc
 from firelet.devtools.images.rootfs import INIT_PATH, find_busybox, root_tree, rootfs_key
 from firelet.devtools.images.tree import CHARDEV, DIR, FILE, SYMLINK
+from firelet.errors import UsageError
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_kvm_every_ioctl_and_cap_matches_gcc(tmp_path: Path) -> None:
     exe = tmp_path / "numbers"
     subprocess.run([gcc, "-o", str(exe), str(src)], check=True, capture_output=True)
     got = [int(v) for v in subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()]
-    mismatches = [(n, hex(getattr(ioctls, n)), hex(g)) for n, g in zip(names, got) if getattr(ioctls, n) != g]
+    mismatches = [(n, hex(getattr(ioctls, n)), hex(g)) for n, g in zip(names, got, strict=True) if getattr(ioctls, n) != g]
     assert not mismatches
 
 

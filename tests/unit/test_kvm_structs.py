@@ -156,8 +156,8 @@ def test_kvm_structs_every_field_matches_gcc(tmp_path: Path) -> None:
     exe = tmp_path / "layout"
     subprocess.run([gcc, "-o", str(exe), str(src)], check=True, capture_output=True)
     got = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout.split()
-    mismatches = [(c, e, g) for c, e, g in zip(checks, expected, got) if e != g]
     assert len(got) == len(expected)
+    mismatches = [(c, e, g) for c, e, g in zip(checks, expected, got, strict=True) if e != g]
     assert not mismatches, mismatches[:10]
 
 

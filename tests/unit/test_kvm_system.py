@@ -13,6 +13,7 @@ from firelet.kvm import ioctls as K
 from firelet.kvm import structs as S
 from firelet.memory.guest import GuestMemory
 
+
 def test_kvm_reports_api_12_and_the_capabilities_firelet_needs() -> None:
     with Kvm() as kvm:
         assert kvm.api_version() == 12
@@ -61,9 +62,8 @@ def test_kvm_vm_platform_devices_and_eventfds() -> None:
 
 
 def test_kvm_ioeventfd_length_is_checked() -> None:
-    with Kvm() as kvm, kvm.create_vm() as vm:
-        with pytest.raises(ValueError):
-            vm.register_ioeventfd(0, 0x1000, 3)
+    with Kvm() as kvm, kvm.create_vm() as vm, pytest.raises(ValueError):
+        vm.register_ioeventfd(0, 0x1000, 3)
 
 
 def test_kvm_dirty_log_reports_written_pages() -> None:
@@ -141,6 +141,6 @@ def test_kvm_run_error_other_than_eintr_is_a_kvm_error() -> None:
         fd = vcpu.fd
         vcpu.close()
         vcpu.fd = fd
-        with pytest.raises(KvmError, match="^KVM_RUN failed: Bad file descriptor") as info:
+        with pytest.raises(KvmError, match=r"^KVM_RUN failed: Bad file descriptor") as info:
             vcpu.run()
         assert info.value.request == "KVM_RUN"

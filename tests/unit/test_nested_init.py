@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from firelet.devtools.nested.init_script import (
-    CMD_SCRIPT, EXIT_MARKER, START_MARKER, RunSpec, Share, command_script, init_script, rig_environment,
+    CMD_SCRIPT,
+    EXIT_MARKER,
+    START_MARKER,
+    RunSpec,
+    Share,
+    command_script,
+    init_script,
+    rig_environment,
 )
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"

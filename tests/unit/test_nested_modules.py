@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from firelet.devtools.nested.modules import ModuleResolveError, module_name, resolve_modules
 

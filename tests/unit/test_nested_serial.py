@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from firelet.devtools.nested.serial import RigOutput
 
@@ -28,7 +29,7 @@ def test_whole_stream_shows_only_the_command_output() -> None:
 @given(st.lists(st.integers(0, len(CONSOLE)), max_size=12))
 def test_any_chunking_gives_the_same_output(cuts: list[int]) -> None:
     points = sorted(set(cuts))
-    chunks = [CONSOLE[a:b] for a, b in zip([0, *points], [*points, len(CONSOLE)])]
+    chunks = [CONSOLE[a:b] for a, b in zip([0, *points], [*points, len(CONSOLE)], strict=True)]
     filt = RigOutput(NONCE)
     assert _feed_all(filt, chunks) == b"hi\nFIRELET-RIG-EXIT beef 0\nprompt$ "
     assert filt.status == 3

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from firelet.builder.boot import boot_cmdline, cmdline_words
 from firelet.builder.kernel_waits import KernelWaits
-from firelet.config.model import convert, VmConfig
+from firelet.config.model import VmConfig, convert
 
 
 def test_words_split_like_the_kernel() -> None:

@@ -51,7 +51,7 @@ def test_ram_above_the_mmio_gap_is_a_second_region() -> None:
 @given(addr=st.integers(-2**64, 2**65), length=st.integers(-16, 2**33))
 def test_any_range_is_either_wholly_inside_ram_or_refused(addr: int, length: int) -> None:
     mem = _SMALL
-    inside = 0 <= addr and 0 <= length and addr + length <= mem.size
+    inside = addr >= 0 and length >= 0 and addr + length <= mem.size
     assert mem.check_range(addr, length) == inside
     if inside and length <= 4096:
         assert len(mem.view(addr, length)) == length

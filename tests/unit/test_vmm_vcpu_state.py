@@ -31,15 +31,15 @@ class FakeVcpuFd:
     def __init__(self, *, cr0: int, cr3: int, rip: int = 0xFFFFFFFF81000000, fail: bool = False) -> None:
         self.cr0, self.cr3, self.rip, self.fail = cr0, cr3, rip, fail
 
-    def get_regs(self):  # noqa: ANN201
+    def get_regs(self):
         if self.fail:
             raise OSError(9, "Bad file descriptor")
         return SimpleNamespace(rip=self.rip, rsp=0x1000, rflags=0x246)
 
-    def get_sregs(self):  # noqa: ANN201
+    def get_sregs(self):
         return SimpleNamespace(cr0=self.cr0, cr3=self.cr3)
 
-    def get_vcpu_events(self):  # noqa: ANN201
+    def get_vcpu_events(self):
         return SimpleNamespace(interrupt=SimpleNamespace(injected=0), nmi=SimpleNamespace(pending=0))
 
     def get_mp_state(self) -> int:
@@ -135,7 +135,8 @@ def test_sigusr2_stacks_of_threads_busy_in_system_calls_never_crash_the_process(
     dumps = 0
     try:
         assert proc.stdout.readline() == b"ready\n"
-        for dumps in range(1, 101):  # one at a time: signals sent faster would merge
+        while dumps < 100:  # one at a time: signals sent faster would merge
+            dumps += 1
             proc.send_signal(signal.SIGUSR2)
             while (line := proc.stderr.readline()) not in (b"dumped\n", b""):
                 assert not line.startswith(b"Fatal Python error"), line

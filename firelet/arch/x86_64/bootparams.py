@@ -11,13 +11,12 @@ from __future__ import annotations
 import struct
 
 from firelet.arch.x86_64 import layout
-from firelet.arch.x86_64.loader import (  # noqa: F401 - write_cmdline is re-exported for callers of this module
+from firelet.arch.x86_64.loader import (
     BOOT_FLAG_MAGIC,
     HDRS_MAGIC,
     LOADED_HIGH,
     BootConfigError,
     KernelImage,
-    write_cmdline,
 )
 from firelet.memory.guest import GuestMemory
 
@@ -81,7 +80,7 @@ def write_boot_params(
     """Write the zero page at ZERO_PAGE_START for the 64-bit boot protocol.
 
     ``cmdline_size`` is the length of the command line written by
-    :func:`write_cmdline`, including its NUL.
+    :func:`~firelet.arch.x86_64.loader.write_cmdline`, including its NUL.
     """
     if not 0 < cmdline_size <= kernel.cmdline_max + 1:
         raise BootConfigError(

@@ -15,14 +15,15 @@ checked before use, and every failure is a :class:`KernelLoadError`.
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import stat
 import struct
 from typing import Literal, NamedTuple
 
-from firelet.errors import FireletError
 from firelet.arch.x86_64 import layout
+from firelet.errors import FireletError
 from firelet.memory.guest import GuestMemory
 
 PAGE_SIZE = 0x1000
@@ -313,7 +314,7 @@ def _parse_elf(data: bytes | bytearray | memoryview | mmap.mmap) -> KernelImage:
 
 def _check_disjoint(segments: list[Segment]) -> None:
     ordered = sorted(segments, key=lambda s: s.guest_addr)
-    for prev, cur in zip(ordered, ordered[1:]):
+    for prev, cur in itertools.pairwise(ordered):
         if cur.guest_addr < prev.guest_addr + prev.mem_size:
             raise KernelLoadError(f"ELF kernel segments overlap at {cur.guest_addr:#x}")
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import struct
 
-from firelet.errors import FireletError
 from firelet.arch.x86_64 import layout
+from firelet.errors import FireletError
 from firelet.memory.guest import GuestMemory
 
 #: APIC IDs are one byte and the I/O APIC takes ID ``num_cpus``; 32 keeps the table inside the EBDA KiB.

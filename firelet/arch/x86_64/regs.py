@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import ctypes
 import struct
-from typing import NamedTuple
-from typing import Literal
+from typing import Literal, NamedTuple
 
-from firelet.kvm.structs import kvm_fpu, kvm_lapic_state, kvm_regs, kvm_segment, kvm_sregs
 from firelet.arch.x86_64 import layout
+from firelet.kvm.structs import kvm_fpu, kvm_lapic_state, kvm_regs, kvm_segment, kvm_sregs
 from firelet.memory.guest import GuestMemory
 
 Mode = Literal["long", "pvh"]
@@ -152,7 +151,7 @@ def boot_sregs(sregs: kvm_sregs, mem: GuestMemory, *, mode: Mode = "long", cr3: 
     they already were (by :func:`setup_page_tables`). Fields this does not
     name (``apic_base``, ``interrupt_bitmap``, ``cr8``) keep KVM's values.
     """
-    null, code, data, tss = write_gdt(mem, mode=mode)
+    _null, code, data, tss = write_gdt(mem, mode=mode)
     sregs.gdt.base = layout.BOOT_GDT_START
     sregs.gdt.limit = 4 * 8 - 1
     sregs.idt.base = layout.BOOT_IDT_START

@@ -17,12 +17,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from firelet.devtools.cache import cache_dir, content_key, repo_root
-from firelet.errors import FireletError
 from firelet.devtools import host as _host
+from firelet.devtools.cache import cache_dir, content_key, repo_root
 from firelet.devtools.host import Progress, say
 from firelet.devtools.images.kconfig import dropped_options
 from firelet.devtools.images.progress import LiveLine, elapsed, ticker
+from firelet.errors import FireletError
 
 # Bump when the way the kernel is built changes (flags, targets, steps), so
 # old cached kernels are not mistaken for new ones.

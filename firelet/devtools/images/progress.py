@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 # How often a builder ticks a plain callable: often enough to show life in a
@@ -44,7 +45,7 @@ class LiveLine:
             self._open = False
 
 
-def ticker(progress: object | None) -> tuple[float, object | None]:
+def ticker(progress: Callable[[str], object] | None) -> tuple[float, Callable[[str], object] | None]:
     """How often to tick ``progress`` and the callable that takes ticks."""
     if progress is None:
         return DEFAULT_TICK_SECONDS, None

@@ -17,12 +17,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from firelet.devtools.cache import cache_dir, content_key, repo_root
-from firelet.errors import FireletError, UsageError
 from firelet.devtools import host as _host
+from firelet.devtools.cache import cache_dir, content_key, repo_root
 from firelet.devtools.host import Progress, say
 from firelet.devtools.images.cpio import write_newc
 from firelet.devtools.images.tree import CHARDEV, DIR, FILE, SYMLINK, Entry, stage
+from firelet.errors import FireletError, UsageError
 
 # Bump when the tree's recipe changes (files, modes, mkfs flags).
 RECIPE_VERSION = "1"
@@ -164,8 +164,7 @@ def copy_rootfs(dest: Path, *, source: Path | None = None) -> Path:
 
 def _applets(busybox: Path) -> list[str]:
     """Applet paths such as ``bin/sh`` from the binary itself (``--list-full``)."""
-    result = subprocess.run([str(busybox), "--list-full"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    result = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True)
     if result.returncode != 0:
         raise FireletError(f"{busybox} --list-full failed: reinstall {BUSYBOX_PACKAGE}")
     return sorted({line.strip().lstrip("/") for line in result.stdout.splitlines() if line.strip()})

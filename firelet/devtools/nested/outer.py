@@ -19,9 +19,9 @@ from pathlib import Path
 
 from firelet.devtools import host
 from firelet.devtools.cache import cache_dir, content_key
-from firelet.errors import FireletError, MissingToolError
 from firelet.devtools.nested import initramfs as cpio
 from firelet.devtools.nested.modules import OPTIONAL_MODULES, REQUIRED_MODULES, resolve_modules
+from firelet.errors import FireletError, MissingToolError
 
 # Bump when the layout of the base archive changes, to rebuild cached copies.
 _BASE_FORMAT = "1"
@@ -203,7 +203,9 @@ def _add_vmlinux(kernel: OuterKernel) -> OuterKernel:
 
 def _fetch_kernel(package: str) -> OuterKernel:
     """Download, unpack and ``depmod`` the package; keep only vmlinuz and the modules we load."""
-    release = _KERNEL_PACKAGE.match(package).group(1)  # type: ignore[union-attr]
+    match = _KERNEL_PACKAGE.match(package)
+    assert match is not None, f"{package} was chosen from the names this pattern matched"
+    release = match.group(1)
     with tempfile.TemporaryDirectory(dir=rig_dir()) as tmp:
         work = Path(tmp)
         os.chmod(work, 0o755)

@@ -18,13 +18,13 @@ import tempfile
 import termios
 import time
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import Any, BinaryIO, TextIO, cast
 
-from firelet.errors import FireletError, UsageError
 from firelet.devtools.nested import outer
 from firelet.devtools.nested.init_script import RunSpec, Share, command_script, init_script, rig_environment
 from firelet.devtools.nested.qemu import QBOOT, kernel_cmdline, outer_qemu_argv
 from firelet.devtools.nested.serial import RigOutput
+from firelet.errors import FireletError, UsageError
 
 EXIT_TIMEOUT = 124
 EXIT_RIG_FAILED = 125
@@ -59,7 +59,7 @@ HEARTBEAT_TIMEOUT_S = 90.0
 
 def _binary_out(stream: TextIO | BinaryIO) -> BinaryIO:
     buffer = getattr(stream, "buffer", None)
-    return buffer if buffer is not None else stream  # type: ignore[return-value]
+    return buffer if buffer is not None else cast(BinaryIO, stream)  # a stream without .buffer is binary
 
 
 def _check_dir(path: Path, what: str) -> str:
@@ -266,14 +266,14 @@ def _tty_size() -> tuple[int, int] | None:
     return size.lines, size.columns
 
 
-def _save_tty() -> list | None:  # type: ignore[type-arg]
+def _save_tty() -> list[Any] | None:
     try:
         return termios.tcgetattr(sys.stdin.fileno())
     except (termios.error, ValueError, OSError):
         return None
 
 
-def _restore_tty(saved: list | None) -> None:  # type: ignore[type-arg]
+def _restore_tty(saved: list[Any] | None) -> None:
     if saved is not None:
         try:
             termios.tcsetattr(sys.stdin.fileno(), termios.TCSADRAIN, saved)
