@@ -131,7 +131,7 @@ class TokenBucket:
         self._cost = refill_ns // common
         self._cap = size * self._cost
         self._level = self._cap  # buckets start full
-        self._last_ns: int | None = None  # a full bucket needs no start time
+        self._last_ns = 0  # a full bucket needs no start time
 
     @classmethod
     def from_config(cls, config: BucketConfig) -> TokenBucket | None:
@@ -147,29 +147,35 @@ class TokenBucket:
         return self._level // self._cost
 
     def _refill(self, now_ns: int) -> None:
-        if self._last_ns is not None and now_ns > self._last_ns and self._level < self._cap:
-            self._level = min(self._cap, self._level + (now_ns - self._last_ns) * self._gain)
-        if self._last_ns is None or now_ns > self._last_ns:  # a clock that steps back is ignored
+        if now_ns > self._last_ns:  # a clock that steps back is ignored
+            if self._level < self._cap:
+                level = self._level + (now_ns - self._last_ns) * self._gain
+                self._level = min(self._cap, level)
             self._last_ns = now_ns
 
     def delay_ns(self, tokens: int, now_ns: int) -> int:
         """Nanoseconds until ``tokens`` may be taken (0: now). Changes nothing observable."""
         self._refill(now_ns)
-        if tokens <= self.one_time_burst:
+        burst = self.one_time_burst
+        if tokens <= burst:
             return 0
         # An oversized request waits for a full bucket, not for more than the bucket can hold.
-        target = min(tokens - self.one_time_burst, self.size) * self._cost
-        missing = target - self._level
+        need = tokens - burst
+        missing = min(self.size, need) * self._cost - self._level
         return 0 if missing <= 0 else -(-missing // self._gain)
 
-    def take(self, tokens: int) -> None:
-        """Spend ``tokens``, burst first; only right after :meth:`delay_ns` returned 0."""
-        if tokens <= self.one_time_burst:
-            self.one_time_burst -= tokens
-            return
-        tokens -= self.one_time_burst
+    def take(self, tokens: int) -> bool:
+        """Spend ``tokens``, burst first; only right after :meth:`delay_ns` returned 0.
+
+        Returns whether this overdrew the bucket (an oversized request, now owed).
+        """
+        burst = self.one_time_burst
+        if tokens <= burst:
+            self.one_time_burst = burst - tokens
+            return False
         self.one_time_burst = 0
-        self._level -= tokens * self._cost
+        self._level -= (tokens - burst) * self._cost
+        return self._level < 0
 
     def replenish(self, tokens: int) -> None:
         """Give back ``tokens`` (an operation undone), capped as Firecracker caps it.
@@ -244,20 +250,18 @@ class RateLimiter:
         if bandwidth is None and ops is None:
             return True
         now = self._clock()
-        wait = 0
-        if bandwidth is not None and nbytes:
-            wait = bandwidth.delay_ns(nbytes, now)
+        wait = bandwidth.delay_ns(nbytes, now) if bandwidth is not None and nbytes else 0
         if ops is not None and nops:
-            wait = max(wait, ops.delay_ns(nops, now))
+            wait_ops = ops.delay_ns(nops, now)
+            wait = max(wait, wait_ops)
         if wait:
             self.throttled_events += 1
             self.wait_ns, self.wake_at_ns = wait, now + wait
             return False
-        for bucket, tokens in ((bandwidth, nbytes), (ops, nops)):
-            if bucket is not None and tokens:
-                if tokens > bucket.one_time_burst + bucket.size:
-                    self.overdrafts += 1
-                bucket.take(tokens)
+        if bandwidth is not None and nbytes and bandwidth.take(nbytes):
+            self.overdrafts += 1
+        if ops is not None and nops and ops.take(nops):
+            self.overdrafts += 1
         self.wait_ns, self.wake_at_ns = 0, None
         return True
 

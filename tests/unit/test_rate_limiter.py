@@ -131,6 +131,20 @@ def test_a_refusal_names_the_exact_instant_of_admission(data: st.DataObject, buc
 
 
 @settings(max_examples=100, deadline=None)
+@given(st.data(), buckets, buckets)
+def test_a_live_update_takes_effect_at_once(data: st.DataObject, old: Bucket, new: Bucket) -> None:
+    """Whatever the old bucket's state (debt included), the new one is full at the same instant,
+    and from then on only the new bucket's bound applies."""
+    lim, clock = limiter(old)
+    run(lim, clock, data.draw(patterns(old, n=20)))
+    lim.update_buckets(new, None)
+    assert lim.consume_io(new.size + (new.one_time_burst or 0), 0)
+    lim.update_buckets(new, None)
+    admitted = run(lim, clock, data.draw(patterns(new, n=30)))
+    assert_window_bound([(t, b) for t, b, _ in admitted if b], new)
+
+
+@settings(max_examples=100, deadline=None)
 @given(size=st.integers(1, 10**6), refill_time=st.integers(1, 1000), burst_x=st.integers(0, 10),
        per_mille=st.lists(st.integers(50, 3000), min_size=1, max_size=8))
 def test_steady_demand_gets_the_full_rate(size: int, refill_time: int, burst_x: int, per_mille: list[int]) -> None:
