@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firelet.config.decoding import decode_json
 from firelet.config.model import RateLimiter as RateLimiterModel
 from firelet.config.model import TokenBucket as TokenBucketModel
 from firelet.devices.rate_limiter import (
@@ -289,8 +290,11 @@ def test_update_validates_both_before_changing_either() -> None:
 
 
 def test_from_the_config_model() -> None:
-    config = RateLimiterModel(bandwidth=TokenBucketModel(size=100000, one_time_burst=4096, refill_time=150),
-                              ops=TokenBucketModel(size=10, refill_time=250))
+    """The limiter of docs/api_requests/patch-block.md's example, decoded as the API decodes it."""
+    body = b'{"bandwidth": {"size": 100000, "one_time_burst": 4096, "refill_time": 150},' \
+        b' "ops": {"size": 10, "refill_time": 250}}'
+    config = decode_json(body, RateLimiterModel)
+    assert config.ops == TokenBucketModel(size=10, refill_time=250)
     lim = RateLimiter.from_config(config, clock=FakeClock())
     assert lim.bandwidth is not None and lim.ops is not None
     assert (lim.bandwidth.size, lim.bandwidth.refill_time, lim.bandwidth.one_time_burst) == (100000, 150, 4096)
