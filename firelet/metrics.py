@@ -19,6 +19,8 @@ import threading
 import time
 from typing import Any
 
+from firelet import threads
+
 #: Firecracker writes metrics every 60 s (docs/metrics.md).
 FLUSH_INTERVAL_S = 60.0
 
@@ -110,7 +112,7 @@ class MetricsWriter:
         self._interval = interval_s
         self._lock = threading.Lock()  # the periodic thread and FlushMetrics may race
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fc_metrics", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=threads.METRICS, daemon=True)
         self._thread.start()
 
     def flush(self) -> bool:

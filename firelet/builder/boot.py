@@ -269,9 +269,11 @@ class _Background:
     def __init__(self, fn: Callable[[], Any]) -> None:
         import threading
 
+        from firelet import threads
+
         self._value: Any = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name="firelet-loader", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=threads.LOADER, daemon=True)
         self._thread.start()
 
     def _run(self, fn: Callable[[], Any]) -> None:

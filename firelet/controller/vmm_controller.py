@@ -12,9 +12,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from firelet import threads
 from firelet.controller.interface import BackendError, NotSupported
 from firelet.log import get_logger
-from firelet.events.loop import EventLoop
+from firelet.events.loop import EventLoop, LoopStopped
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -53,17 +54,12 @@ class VmmController:
 
     # -- threading ------------------------------------------------------------
     def submit(self, fn: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
-
-        def call() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed back to the API thread
-                future.set_exception(exc)
-
-        self.loop.call_soon(call)
+        """Run ``fn`` on the VMM's event loop (its :meth:`~firelet.events.loop.EventLoop.submit`)."""
+        future = self.loop.submit(fn)
+        if future.done() and isinstance(future.exception(), LoopStopped):
+            refused: Future[T] = Future()
+            refused.set_exception(BackendError("the VMM has stopped"))
+            return refused
         return future
 
     @property
@@ -89,7 +85,7 @@ class VmmController:
         self.vmm = build_vmm(config, console, event_loop=self.loop, boot_timer=timer)
         self.config = config
         self.vmm.start()
-        threading.Thread(target=self._watch, name="fl-watch", daemon=True).start()
+        threading.Thread(target=self._watch, name=threads.WATCH, daemon=True).start()
 
     def _watch(self) -> None:
         self.vmm.wait()

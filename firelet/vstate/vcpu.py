@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from firelet import threads
 from firelet.kvm import structs as S
 from firelet.log import DEBUG, get_logger
 from firelet.metrics import METRICS, Area
@@ -106,7 +107,7 @@ class Vcpu:
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name=f"fl-vcpu{self.index}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=threads.vcpu(self.index), daemon=True)
         self.thread.start()
 
     def kick(self) -> None:
