@@ -72,6 +72,13 @@ def _stop(loop: EventLoop) -> None:
     loop.close()
 
 
+def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the loop did not get there in time"
+        time.sleep(0.005)
+
+
 def _on_loop(loop: EventLoop, fn: Callable[[], T]) -> T:
     return loop.submit(fn).result(timeout=5)
 
@@ -141,13 +148,15 @@ def test_edge_triggered_reader_is_called_once_per_arrival_not_while_data_waits()
     loop.add(r, EPOLLIN | EPOLLET, calls.append)  # never reads: level-triggered would spin
     _run_in_thread(loop)
     os.write(w, b"a")
-    time.sleep(0.15)
+    _wait_for(lambda: len(calls) >= 1)
+    time.sleep(0.1)
     assert len(calls) == 1
     os.write(w, b"b")
-    time.sleep(0.15)
+    _wait_for(lambda: len(calls) >= 2)
+    time.sleep(0.1)
     assert len(calls) == 2
     os.close(w)
-    time.sleep(0.15)
+    _wait_for(lambda: len(calls) >= 3)
     assert calls[-1] & select.EPOLLHUP  # the writer went away: the mask says so
     _stop(loop)
     os.close(r)
@@ -168,7 +177,8 @@ def test_a_removed_fd_is_never_served_again_even_within_the_same_round() -> None
     for fd in fds:
         os.eventfd_write(fd, 1)  # both ready before the loop's first epoll_wait
     _run_in_thread(loop)
-    time.sleep(0.15)
+    _wait_for(lambda: len(served) >= 1)
+    _on_loop(loop, lambda: None)  # a round after the one that served
     _stop(loop)
     assert len(served) == 1
     for fd in fds:
