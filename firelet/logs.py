@@ -6,7 +6,7 @@ A line looks like Firecracker's::
 
 where the level appears only with ``show_level`` and the origin only with
 ``show_log_origin``. Lines that cannot be written (a full pipe with a slow
-reader) are dropped and counted in ``METRICS.logger.missed_log_count``; the
+reader) are dropped and counted in ``LOG_LOSSES`` (every VM's ``logger.missed_log_count``); the
 VMM never blocks on its log.
 """
 
@@ -16,7 +16,7 @@ import logging
 import os
 import time
 
-from firelet.metrics import METRICS, open_sink, write_line
+from firelet.metrics import LOG_LOSSES, open_sink, write_line
 
 #: Firecracker's ``Trace`` level sits below Python's DEBUG.
 TRACE = 5
@@ -62,10 +62,10 @@ class FirecrackerLogHandler(logging.Handler):
         try:
             line = self.format_line(record).encode("utf-8", "replace")
         except Exception:  # a bad format string in a log call must not kill the caller
-            METRICS.logger.missed_log_count += 1
+            LOG_LOSSES.missed_log_count += 1
             return
         if not write_line(self._fd, line):
-            METRICS.logger.missed_log_count += 1
+            LOG_LOSSES.missed_log_count += 1
 
     def close(self) -> None:
         if self._fd >= 0:

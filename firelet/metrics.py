@@ -1,14 +1,24 @@
-"""Counters every part of the VMM bumps, written as Firecracker-style JSON lines.
+"""Counters every part of a VM bumps, written as Firecracker-style JSON lines.
 
-Hot paths (vCPU exits, block and net I/O, the serial port) increment plain
-attributes: ``METRICS.block.read_bytes += n``. No locks: each counter has one
-writer thread in practice, and a flush reads the current values without
-resetting them, emitting the difference from the previous flush (Firecracker's
+Each VM owns one :class:`Metrics` (made by whoever makes the VM, and handed to
+what counts: the vCPUs' exit counters, the API's request counters; devices keep
+their own counters, folded in by a *source* the builder registers). So a process
+hosting several VMs keeps their counters apart, and ``firelet-vmm`` writes its
+one VM's.
+
+Hot paths (vCPU exits, the API) increment plain attributes:
+``metrics.vcpu.exit_io_out += 1``. No locks: each counter has one writer thread
+in practice, and a flush reads the current values without resetting them,
+emitting the difference from the previous flush (Firecracker's
 ``SharedIncMetric`` semantics), so no increment is ever lost to a reset race.
 
 The top-level keys follow Firecracker's metrics (``api_server``,
 ``get_api_requests``, ``put_api_requests``, ``patch_api_requests``, ``block``,
 ``net``, ``vcpu``, ``uart``, ``logger``) where they mean the same thing.
+
+One thing is per process, not per VM: the log (Python's ``logging``). Lines it
+loses are counted once, in :data:`LOG_LOSSES`, and every VM's
+``logger.missed_log_count`` reports that count.
 """
 
 from __future__ import annotations
@@ -17,7 +27,10 @@ import os
 import stat
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+from firelet import threads
 
 #: Firecracker writes metrics every 60 s (docs/metrics.md).
 FLUSH_INTERVAL_S = 60.0
@@ -42,8 +55,25 @@ class Area:
         return dict(self.__dict__)
 
 
+class _LoggerArea(Area):
+    """The ``logger`` group: the VM's own metrics-writing counters, and the process log's losses."""
+
+    def __getattr__(self, name: str) -> int:
+        if name == "missed_log_count":
+            return LOG_LOSSES.missed_log_count
+        return super().__getattr__(name)
+
+    def snapshot(self) -> dict[str, int]:
+        own = {key: value for key, value in self.__dict__.items() if key != "missed_log_count"}
+        return {"missed_log_count": LOG_LOSSES.missed_log_count, **own}
+
+
+#: Lines the process's log could not write (firelet.logs counts them here; the log is per process).
+LOG_LOSSES = Area(missed_log_count=0)
+
+
 class Metrics:
-    """The registry: one :class:`Area` per part of the VMM."""
+    """One VM's counters: one :class:`Area` per part of the VMM."""
 
     def __init__(self) -> None:
         self.api_server = Area(process_startup_time_us=0, process_startup_time_cpu_us=0)
@@ -57,12 +87,28 @@ class Metrics:
                         rx_rate_limiter_throttled=0, tx_rate_limiter_throttled=0)
         self.rate_limiter = Area(throttled_events=0)
         self.uart = Area(read_count=0, write_count=0, missed_write_count=0)
-        self.logger = Area(missed_log_count=0, missed_metrics_count=0, metrics_fails=0)
+        self.logger = _LoggerArea(missed_metrics_count=0, metrics_fails=0)
         self._areas = {name: area for name, area in vars(self).items() if isinstance(area, Area)}
         self._last: dict[str, dict[str, int]] = {}
+        self._sources: list[Callable[[], None]] = []
+
+    def add_source(self, collect: Callable[[], None]) -> None:
+        """Run ``collect()`` before each reading: it copies counters kept elsewhere (a device's) in."""
+        self._sources.append(collect)
+
+    def collect(self) -> None:
+        """Bring in the counters the sources keep (cumulative values: collecting twice is harmless)."""
+        for source in self._sources:
+            source()
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        """Every counter's value now, by group (not deltas: for a library user's look at a VM)."""
+        self.collect()
+        return {name: area.snapshot() for name, area in self._areas.items()}
 
     def deltas(self) -> dict[str, Any]:
         """Every counter's change since the previous call, shaped as one metrics line."""
+        self.collect()
         line: dict[str, Any] = {"utc_timestamp_ms": int(time.time() * 1000)}
         for name, area in self._areas.items():
             now = area.snapshot()
@@ -72,7 +118,8 @@ class Metrics:
         return line
 
 
-#: The process-wide registry.
+#: Counters that belong to no VM: only the API's default until it is handed its VM's
+#: registry (firelet-vmm hands it one); a VM never counts here.
 METRICS = Metrics()
 
 
@@ -101,16 +148,16 @@ def write_line(fd: int, line: bytes) -> bool:
 
 
 class MetricsWriter:
-    """Writes :data:`METRICS` deltas to a file or FIFO every minute and on demand."""
+    """Writes one VM's :class:`Metrics` deltas to a file or FIFO every minute and on demand."""
 
-    def __init__(self, path: str, metrics: Metrics = METRICS, *, interval_s: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(self, path: str, metrics: Metrics, *, interval_s: float = FLUSH_INTERVAL_S) -> None:
         self.path = path
         self._metrics = metrics
         self._fd = open_sink(path)
         self._interval = interval_s
         self._lock = threading.Lock()  # the periodic thread and FlushMetrics may race
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="fc_metrics", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=threads.METRICS, daemon=True)
         self._thread.start()
 
     def flush(self) -> bool:

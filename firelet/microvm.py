@@ -8,6 +8,9 @@
 
 ``MicroVM`` turns its arguments into the same validated configuration the
 config file and the API produce, so all three paths build VMs the same way.
+A config's ``logger``, ``metrics`` and ``serial`` sections are honoured as
+firelet-vmm honours them (:mod:`firelet.outputs`). Each ``MicroVM`` counts in
+its own :class:`firelet.metrics.Metrics`, so several in one process stay apart.
 """
 
 from __future__ import annotations
@@ -82,8 +85,19 @@ class MicroVM:
                 },
                 VmConfig,
             )
+        from firelet.metrics import Metrics
+        from firelet.outputs import plan_outputs
+
         self.config = config
-        self.console = ConsoleBuffer(tee=tee) if console is None else console
+        #: What the config's logger/metrics/serial sections ask for (refused here if impossible).
+        self._outputs_plan = plan_outputs(config, console_given=console is not None)
+        self._outputs: Any = None
+        #: Where serial output goes: ``console``, a ConsoleBuffer, or (with the config's
+        #: ``serial_out_path``) the sink writing to that path once started.
+        self.console: Any = console
+        if console is None and self._outputs_plan.serial_out_path is None:
+            self.console = ConsoleBuffer(tee=tee)
+        self._metrics = Metrics()
         self._interactive = interactive
         self._kvm_path = kvm_path
         self._boot_timer = boot_timer
@@ -99,8 +113,13 @@ class MicroVM:
         """Build the VM and start its vCPUs; returns at once (the guest boots in the background)."""
         from firelet.builder.boot import ConsoleSpec, build_vmm
 
+        from firelet.outputs import open_outputs
+
         if self.vmm is not None:
             raise RuntimeError("this MicroVM was already started")
+        self._outputs = open_outputs(self._outputs_plan, self._metrics)
+        if self._outputs.console is not None:
+            self.console = self._outputs.console
         spec = ConsoleSpec(self.console, input_fd=0 if self._interactive else None)
         timer = None
         if self._boot_timer:
@@ -109,9 +128,22 @@ class MicroVM:
 
             report = self._boot_timer if callable(self._boot_timer) else get_logger(__name__).info
             timer = BootTimer(Timestamp.now(), report)  # counted from the start request, as Firecracker does
-        self.vmm = build_vmm(self.config, spec, kvm_path=self._kvm_path, boot_timer=timer)
+        try:
+            self.vmm = build_vmm(self.config, spec, kvm_path=self._kvm_path, boot_timer=timer,
+                                 metrics=self._metrics)
+        except BaseException:
+            self._outputs.close()
+            raise
         self.vmm.start()
         return self
+
+    @property
+    def metrics(self) -> dict[str, dict[str, int]]:
+        """This VM's counters now, by Firecracker's metric groups (``block``, ``uart``, ``vcpu``, ...).
+
+        Cumulative since the VM was made (a metrics file gets the changes between lines).
+        """
+        return self._metrics.totals()
 
     @property
     def boot_times(self) -> list[tuple[int, int]]:
@@ -156,6 +188,9 @@ class MicroVM:
         if self.vmm is not None:
             self.vmm.stop()
             self.vmm.close()
+        if self._outputs is not None:  # after the VM: the last metrics line has its final counts
+            self._outputs.close()
+            self._outputs = None
 
     def _running(self):  # noqa: ANN202
         if self.vmm is None:

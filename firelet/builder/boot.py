@@ -27,6 +27,7 @@ from firelet.devices.legacy.console import NullSink, Sink
 if TYPE_CHECKING:  # pragma: no cover - imported by build_vmm once the kernel is loading
     from firelet.devices.pseudo.boot_timer import BootTimer
     from firelet.events.loop import EventLoop
+    from firelet.metrics import Metrics
     from firelet.vstate.vmm import Vmm
 
 log = get_logger(__name__)
@@ -164,10 +165,13 @@ def build_vmm(
     kvm_path: str = "/dev/kvm",
     event_loop: EventLoop | None = None,
     boot_timer: BootTimer | None = None,
+    metrics: Metrics | None = None,
 ) -> Vmm:
     """Build every part of the microVM; the returned :class:`Vmm` is ready to ``start()``.
 
     ``boot_timer``: Firecracker's ``--boot-timer`` device, in the first MMIO window.
+    ``metrics``: the VM's counters (a new :class:`~firelet.metrics.Metrics` if not given;
+    firelet-vmm passes the one its API already counts in).
     """
     from firelet.memory.guest import GuestMemory
 
@@ -203,7 +207,7 @@ def build_vmm(
         loop = event_loop if event_loop is not None else EventLoop()
         closers.append(loop.close)
         gate = VcpuGate()
-        vmm = Vmm(resources, loop, gate)
+        vmm = Vmm(resources, loop, gate, metrics)
         if COALESCE_SERIAL_OUTPUT and vm_fd.check_extension(KVM_CAP_COALESCED_PIO) > 0:
             from firelet.vstate.coalesced import CoalescedRing
 
@@ -225,6 +229,7 @@ def build_vmm(
         _ensure_kick_handler(install_kick_handler)
         waits.finish()  # every KVM registration, and memory and PIT, before any vCPU exists
         _create_vcpus(vmm, kvm, vm_fd, machine.vcpu_count)
+        _count_device_metrics(vmm)  # last: a failed build leaves the metrics as they were
         return vmm
     except BaseException:
         loading.join()  # it writes into guest RAM, which the closers unmap
@@ -236,6 +241,14 @@ def build_vmm(
             except Exception:
                 log.debug("cleanup after a failed build", exc_info=True)
         raise
+
+
+def _count_device_metrics(vmm: Vmm) -> None:
+    """Every reading of the VM's metrics first folds in the counters its devices keep."""
+    from firelet.vstate.device_metrics import fold_device_metrics
+
+    devices, metrics = vmm.devices, vmm.metrics
+    metrics.add_source(lambda: fold_device_metrics(devices, metrics))
 
 
 def _ensure_kick_handler(install: Callable[[], None]) -> None:
@@ -269,9 +282,11 @@ class _Background:
     def __init__(self, fn: Callable[[], Any]) -> None:
         import threading
 
+        from firelet import threads
+
         self._value: Any = None
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(fn,), name="firelet-loader", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=threads.LOADER, daemon=True)
         self._thread.start()
 
     def _run(self, fn: Callable[[], Any]) -> None:
@@ -359,4 +374,4 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
         lapic = fd.get_lapic()
         regs.set_lapic_lint(lapic)
         fd.set_lapic(lapic)
-        vmm.vcpus.append(Vcpu(index, fd, io_bus, mmio_bus, vmm.gate, vmm.finish))
+        vmm.vcpus.append(Vcpu(index, fd, io_bus, mmio_bus, vmm.gate, vmm.finish, vmm.metrics.vcpu))

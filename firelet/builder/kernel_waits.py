@@ -6,6 +6,12 @@ grace period: 5-60 ms each in the nested rig before its keeper VM, 1-3 ms since.
 The builder hands such calls, the devices' among them (``device_manager``'s
 ``later``), to a :class:`KernelWaits` and goes on working in Python meanwhile;
 all are done before any vCPU exists.
+
+This is not the event loop's call queue (``EventLoop.call_soon_threadsafe``) on
+purpose: these calls block in the kernel for milliseconds each, and the loop
+must stay free to serve the API and devices meanwhile; and they run during a
+build, before (for ``MicroVM``) the loop thread even exists. A worker thread
+with its own ordered list is the right shape for work that waits.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import Any
+
+from firelet import threads
 
 
 class KernelWaits:
@@ -23,10 +31,13 @@ class KernelWaits:
         self._cond = threading.Condition()
         self._calls: list[Callable[[], Any] | None] = []
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="firelet-kvm-setup", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=threads.KVM_SETUP, daemon=True)
         self._thread.start()
 
     def add(self, call: Callable[[], Any]) -> None:
+        self._push(call)
+
+    def _push(self, call: Callable[[], Any] | None) -> None:
         with self._cond:
             self._calls.append(call)
             self._cond.notify()
@@ -45,7 +56,7 @@ class KernelWaits:
                     self._error = exc
 
     def join(self) -> None:
-        self.add(None)  # type: ignore[arg-type] - the end marker
+        self._push(None)  # the end marker
         self._thread.join()
 
     def finish(self) -> None:

@@ -31,8 +31,8 @@ def register(sub: Any) -> None:
     p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs, 1..32 (default 1)")
     p.add_argument("--mem", type=int, default=None, metavar="MiB", help="guest memory in MiB (default 128)")
     p.add_argument(
-        "--console", default="stdio", metavar="stdio|file:PATH|none",
-        help="where the guest's serial console goes (default stdio)",
+        "--console", default=None, metavar="stdio|file:PATH|none",
+        help="where the guest's serial console goes (default stdio, or the config file's serial_out_path)",
     )
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="stop the VM after S seconds")
     p.add_argument("--boot-timer", action="store_true",
@@ -79,7 +79,8 @@ def _console(spec: str):  # noqa: ANN202
     raise UsageError(f"--console {spec}: expected stdio, file:PATH or none")
 
 
-def build_microvm(args: argparse.Namespace, sink: Any, interactive: bool):  # noqa: ANN201
+def build_microvm(args: argparse.Namespace) -> tuple[Any, bool]:
+    """The MicroVM the arguments describe, and whether its console is interactive (:func:`console_for`)."""
     from firelet.microvm import MicroVM
     from firelet.config.model import load_config_file
 
@@ -87,8 +88,10 @@ def build_microvm(args: argparse.Namespace, sink: Any, interactive: bool):  # no
         if args.kernel or args.rootfs or args.drive or args.initrd:
             raise UsageError("--config-file describes the whole VM; do not combine it with --kernel/--rootfs/--drive/--initrd")
         config = load_config_file(args.config_file)
+        sink, interactive = console_for(args.console, config)
         return MicroVM(config=config, console=sink, interactive=interactive, kvm_path=args.kvm_device,
-                       boot_timer=_boot_time_printer(args))
+                       boot_timer=_boot_time_printer(args)), interactive
+    sink, interactive = console_for(args.console, None)
     if not args.kernel:
         raise UsageError("no kernel: give --kernel PATH (or --config-file); `firelet build kernel` makes one")
     return MicroVM(
@@ -105,7 +108,7 @@ def build_microvm(args: argparse.Namespace, sink: Any, interactive: bool):  # no
         interactive=interactive,
         kvm_path=args.kvm_device,
         boot_timer=_boot_time_printer(args),
-    )
+    ), interactive
 
 
 def _boot_time_printer(args: argparse.Namespace) -> Any:
@@ -115,9 +118,21 @@ def _boot_time_printer(args: argparse.Namespace) -> Any:
     return lambda line: print(f"firelet: {line}", file=sys.stderr, flush=True)
 
 
+def console_for(spec: str | None, config: Any) -> tuple[Any, bool]:
+    """The console sink and whether it is interactive: ``--console``, else the config file's
+    ``serial.serial_out_path`` (None: MicroVM opens it), else stdio. Both at once are refused."""
+    serial = getattr(config, "serial", None)
+    out_path = serial.serial_out_path if serial is not None else None
+    if out_path:
+        if spec is not None:
+            raise UsageError(f"--console {spec} and the config file's serial.serial_out_path ({out_path}) "
+                             "both say where the console goes: keep one")
+        return None, False
+    return _console(spec or "stdio")
+
+
 def run(args: argparse.Namespace) -> int:
-    sink, interactive = _console(args.console)
-    vm = build_microvm(args, sink, interactive)
+    vm, interactive = build_microvm(args)
     return run_foreground(vm, timeout=args.timeout, interactive=interactive)
 
 

@@ -114,8 +114,10 @@ def run(args: argparse.Namespace) -> int:
     from firelet.api.routes import Api
     from firelet.api.server import ApiServer, Request, bind_unix_socket, remove_socket_file
     from firelet.config import model as cfg
+    from firelet.metrics import Metrics
 
-    api = Api(instance_id=args.id, backend_factory=lambda: _make_backend(args, api),
+    # The VM's counters: the API counts requests in them from the start, the VM once built.
+    api = Api(instance_id=args.id, backend_factory=lambda: _make_backend(args, api), metrics=Metrics(),
               mmds_size_limit=args.mmds_size_limit or args.http_api_max_payload_size)
     _setup_logger(api, args)
     file_config = cfg.load_config_file(args.config_file) if args.config_file else None
@@ -254,7 +256,7 @@ def _make_backend(args: argparse.Namespace, api: Api) -> VmmBackend:
             console = FdSink(open_sink(serial.serial_out_path))
         except OSError as exc:
             raise BackendError(f"cannot open serial_out_path {serial.serial_out_path}: {exc.strerror}") from None
-    return VmmController(instance_id=args.id, console=console, boot_timer=args.boot_timer)
+    return VmmController(instance_id=args.id, console=console, boot_timer=args.boot_timer, metrics=api.metrics)
 
 
 def _close_backend(backend: Any) -> None:

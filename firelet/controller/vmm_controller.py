@@ -12,36 +12,22 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from firelet import threads
 from firelet.controller.interface import BackendError, NotSupported
 from firelet.log import get_logger
-from firelet.events.loop import EventLoop
+from firelet.metrics import Metrics
+from firelet.events.loop import EventLoop, LoopStopped
 
 log = get_logger(__name__)
 T = TypeVar("T")
 
 
-def fold_device_metrics(vmm: Any) -> None:
-    from firelet.metrics import METRICS
-
-    blocks = [d.metrics for name, d in vmm.devices.items() if name.startswith("block:")]
-    block = METRICS.block
-    block.read_bytes = sum(m.read_bytes for m in blocks)
-    block.write_bytes = sum(m.write_bytes for m in blocks)
-    block.read_count = sum(m.read_ops for m in blocks)
-    block.write_count = sum(m.write_ops for m in blocks)
-    block.flush_count = sum(m.flush_ops for m in blocks)
-    block.invalid_reqs_count = sum(m.failures + m.dropped for m in blocks)
-    serial = vmm.devices.get("serial")
-    if serial is not None:
-        METRICS.uart.write_count = serial.tx_bytes
-        METRICS.uart.read_count = serial.rx_bytes
-        METRICS.uart.missed_write_count = serial.tx_dropped
-
-
 class VmmController:
     def __init__(self, instance_id: str = "anonymous-instance", console: Any = None, *,
-                 boot_timer: bool = False) -> None:
+                 boot_timer: bool = False, metrics: Metrics | None = None) -> None:
         self.instance_id = instance_id
+        #: The VM's counters: firelet-vmm hands in the ones its API counts requests in.
+        self.metrics = metrics if metrics is not None else Metrics()
         self._console = console
         #: Firecracker's ``--boot-timer``: log the guest's boot time, counted from the start request.
         self._boot_timer = boot_timer
@@ -53,17 +39,12 @@ class VmmController:
 
     # -- threading ------------------------------------------------------------
     def submit(self, fn: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
-
-        def call() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed back to the API thread
-                future.set_exception(exc)
-
-        self.loop.call_soon(call)
+        """Run ``fn`` on the VMM's event loop (its :meth:`~firelet.events.loop.EventLoop.submit`)."""
+        future = self.loop.submit(fn)
+        if future.done() and isinstance(future.exception(), LoopStopped):
+            refused: Future[T] = Future()
+            refused.set_exception(BackendError("the VMM has stopped"))
+            return refused
         return future
 
     @property
@@ -86,10 +67,10 @@ class VmmController:
 
             timer = BootTimer(Timestamp.now(), report=log.info)
         console = ConsoleSpec(self._console if self._console is not None else FdSink(1))
-        self.vmm = build_vmm(config, console, event_loop=self.loop, boot_timer=timer)
+        self.vmm = build_vmm(config, console, event_loop=self.loop, boot_timer=timer, metrics=self.metrics)
         self.config = config
         self.vmm.start()
-        threading.Thread(target=self._watch, name="fl-watch", daemon=True).start()
+        threading.Thread(target=self._watch, name=threads.WATCH, daemon=True).start()
 
     def _watch(self) -> None:
         self.vmm.wait()
@@ -143,9 +124,8 @@ class VmmController:
         raise NotSupported("snapshots are not supported by firelet yet")
 
     def flush_metrics(self) -> None:
-        """Fold the devices' own counters into the process-wide metrics (cumulative values)."""
-        if self.vmm is not None:
-            fold_device_metrics(self.vmm)
+        """Fold the devices' own counters into the VM's metrics, on the loop (cumulative values)."""
+        self.metrics.collect()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the VM ends; its exit code (0 for a clean end), None on timeout."""

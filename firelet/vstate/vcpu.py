@@ -16,9 +16,10 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
+from firelet import threads
 from firelet.kvm import structs as S
 from firelet.log import DEBUG, get_logger
-from firelet.metrics import METRICS, Area
+from firelet.metrics import Area
 from firelet.vstate.bus import Bus
 from firelet.vstate.exits import ExitKind, VmExit
 
@@ -102,11 +103,12 @@ class Vcpu:
         self.mmio_bus = mmio_bus
         self.gate = gate
         self.on_exit = on_exit
-        self.metrics = metrics if metrics is not None else METRICS.vcpu
+        #: The VM's ``vcpu`` metrics group (its own, if none is given).
+        self.metrics = metrics if metrics is not None else Area()
         self.thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self.thread = threading.Thread(target=self._run, name=f"fl-vcpu{self.index}", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=threads.vcpu(self.index), daemon=True)
         self.thread.start()
 
     def kick(self) -> None:

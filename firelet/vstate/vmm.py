@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from firelet.log import DEBUG, get_logger
+from firelet.metrics import Metrics
 from firelet.arch.x86_64 import layout
 from firelet.vstate.bus import Bus
 from firelet.events.loop import EventLoop
@@ -37,11 +38,14 @@ class VmmResources:
 
 
 class Vmm:
-    def __init__(self, resources: VmmResources, event_loop: EventLoop, gate: VcpuGate) -> None:
+    def __init__(self, resources: VmmResources, event_loop: EventLoop, gate: VcpuGate,
+                 metrics: Metrics | None = None) -> None:
         self.resources = resources
         self.memory = resources.memory
         self.event_loop = event_loop
         self.gate = gate
+        #: This VM's counters (firelet.metrics): each VM has its own, however many share a process.
+        self.metrics = metrics if metrics is not None else Metrics()
         self.vcpus: list[Vcpu] = []
         self.io_bus = Bus()
         self.mmio_bus = Bus()

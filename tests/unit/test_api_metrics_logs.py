@@ -107,12 +107,18 @@ def test_log_plain_tags_and_module_filter(tmp_path: Path, logger: logging.Logger
 
 
 def test_log_to_fifo_without_reader_counts_lost_lines(tmp_path: Path, logger: logging.Logger) -> None:
-    from firelet.metrics import METRICS
+    from firelet.metrics import LOG_LOSSES
 
     fifo = tmp_path / "log.fifo"
     os.mkfifo(fifo)
     logs.install(logs.FirecrackerLogHandler(str(fifo), "vm-3", level="Info"))
-    before = METRICS.logger.missed_log_count
+    vm_a, vm_b = Metrics(), Metrics()
+    vm_a.deltas()
+    before = LOG_LOSSES.missed_log_count
     for _ in range(2000):
         logger.info("x" * 100)
-    assert METRICS.logger.missed_log_count > before
+    lost = LOG_LOSSES.missed_log_count - before
+    assert lost > 0
+    # The log is the process's: every VM's metrics report its losses, each since its own last line.
+    assert vm_a.deltas()["logger"]["missed_log_count"] == lost
+    assert vm_b.logger.missed_log_count == LOG_LOSSES.missed_log_count

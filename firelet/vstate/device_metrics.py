@@ -1,0 +1,32 @@
+"""The one walk over a VM's devices that folds their own counters into the VM's metrics.
+
+Devices count in their own objects (a block device's ``BlockMetrics``, the UART's
+byte counters) on their own threads; Firecracker's metrics lines sum them per
+kind. The builder registers this walk as a source of the VM's
+:class:`firelet.metrics.Metrics`, so every line written (periodic or on demand)
+and every look at ``MicroVM.metrics`` carries current values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from firelet.metrics import Metrics
+
+
+def fold_device_metrics(devices: Mapping[str, Any], metrics: Metrics) -> None:
+    """Set the VM's device groups to the totals its devices keep (cumulative values, not increments)."""
+    blocks = [device.metrics for name, device in list(devices.items()) if name.startswith("block:")]
+    block = metrics.block
+    block.read_bytes = sum(m.read_bytes for m in blocks)
+    block.write_bytes = sum(m.write_bytes for m in blocks)
+    block.read_count = sum(m.read_ops for m in blocks)
+    block.write_count = sum(m.write_ops for m in blocks)
+    block.flush_count = sum(m.flush_ops for m in blocks)
+    block.invalid_reqs_count = sum(m.failures + m.dropped for m in blocks)
+    serial = devices.get("serial")
+    if serial is not None:
+        metrics.uart.write_count = serial.tx_bytes
+        metrics.uart.read_count = serial.rx_bytes
+        metrics.uart.missed_write_count = serial.tx_dropped
