@@ -16,7 +16,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from firelet.devices.legacy.console import ConsoleBuffer, FdSink, Sink
+from firelet.devices.legacy.console import ConsoleBuffer, FdSink
+from firelet.devices.legacy.output import Sink
 from firelet.vstate.exits import ExitKind, VmExit
 
 PathLike = str | os.PathLike[str]
