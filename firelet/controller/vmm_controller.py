@@ -21,9 +21,11 @@ T = TypeVar("T")
 
 
 def fold_device_metrics(vmm: Any) -> None:
+    from firelet.devices.legacy.serial import Serial
+    from firelet.devices.virtio.block import Block
     from firelet.metrics import METRICS
 
-    blocks = [d.metrics for name, d in vmm.devices.items() if name.startswith("block:")]
+    blocks = [d.metrics for d in vmm.devices.of_kind(Block)]
     block = METRICS.block
     block.read_bytes = sum(m.read_bytes for m in blocks)
     block.write_bytes = sum(m.write_bytes for m in blocks)
@@ -31,7 +33,7 @@ def fold_device_metrics(vmm: Any) -> None:
     block.write_count = sum(m.write_ops for m in blocks)
     block.flush_count = sum(m.flush_ops for m in blocks)
     block.invalid_reqs_count = sum(m.failures + m.dropped for m in blocks)
-    serial = vmm.devices.get("serial")
+    serial = vmm.devices.get(Serial)
     if serial is not None:
         METRICS.uart.write_count = serial.tx_bytes
         METRICS.uart.read_count = serial.rx_bytes
@@ -107,10 +109,17 @@ class VmmController:
         self._vmm().resume()
 
     def send_ctrl_alt_del(self) -> None:
-        self._vmm().devices["i8042"].trigger_ctrl_alt_del()
+        from firelet.devices.legacy.i8042 import I8042
+
+        i8042 = self._vmm().devices.get(I8042)
+        if i8042 is None:
+            raise BackendError("the microVM has no i8042 keyboard controller to send Ctrl-Alt-Del to")
+        i8042.trigger_ctrl_alt_del()
 
     def update_drive(self, drive_id: str, path_on_host: str) -> None:
-        device = self._vmm().devices.get(f"block:{drive_id}")
+        from firelet.devices.virtio.block import Block
+
+        device = self._vmm().devices.get(Block, drive_id)
         if device is None:
             raise BackendError(f"no drive with drive_id {drive_id!r}")
         try:
