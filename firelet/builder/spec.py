@@ -98,10 +98,6 @@ class Wiring:
         """Run ``closer`` when the VM is released (after the vCPUs and event loop stopped)."""
         self.vmm.resources.closers.append(closer)
 
-    def kvm_call(self, call: Callable[[], object]) -> None:
-        """A KVM registration the device needs before any vCPU runs."""
-        run_or_defer(self.later, call)
-
 
 def _on_its_bus(device: Any, base: int) -> Any:
     return device  # the device itself serves every range of its slot

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 
 from firelet.builder.spec import INTERRUPT_REARM_INTERVAL_S, BuildInputs, ConsoleSpec, DeviceSpec, Wiring
-from firelet.devices.legacy.serial import Serial
+from firelet.devices.legacy.serial import PORT_COUNT, Serial
 from firelet.vstate.device_registry import BusKind, Slot
 
-# PC/AT legacy assignments.
+# COM1's PC/AT assignments.
 SERIAL_PORT_BASE = 0x3F8
-SERIAL_PORT_COUNT = 8
 SERIAL_IRQ = 4
 #: Bytes read from the host's stdin at a time for the guest console.
 _STDIN_CHUNK = 64
@@ -74,6 +73,6 @@ def _make(console: ConsoleSpec, wiring: Wiring) -> Serial:
 SERIAL_KIND = DeviceSpec(
     kind="serial",
     plan=_plan,
-    placement=Slot(BusKind.PIO, ((SERIAL_PORT_BASE, SERIAL_PORT_COUNT),), irq=SERIAL_IRQ),
+    placement=Slot(BusKind.PIO, ((SERIAL_PORT_BASE, PORT_COUNT),), irq=SERIAL_IRQ),
     make=_make,
 )
