@@ -36,6 +36,7 @@ D = TypeVar("D")
 #: (:meth:`firelet.builder.kernel_waits.KernelWaits.add`).
 Later = Callable[[Callable[[], object]], None]
 
+
 def run_or_defer(later: Later | None, call: Callable[[], object]) -> None:
     """Run a KVM registration now, or hand it to ``later`` when the builder defers them."""
     if later is None:
@@ -77,7 +78,11 @@ VIRTIO_MMIO = VirtioMmio()
 
 @dataclass(frozen=True)
 class Wiring:
-    """What ``make`` gets besides its config; KVM stays the builder's."""
+    """What ``make`` gets besides its config.
+
+    ``make`` is builder code and may reach the VM (the UART's kind sets up KVM's coalesced
+    I/O through it); the device it makes gets only its interrupt, memory and callbacks.
+    """
 
     vmm: Vmm
     #: The device's interrupt line (its slot's IRQ); None for a device without one. A virtio

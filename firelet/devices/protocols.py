@@ -45,9 +45,11 @@ class Metered(Protocol):
 
 
 class StateRecord(Protocol):
-    """A frozen dataclass of plain values (ints, bytes, strs, tuples, other records):
-    what a snapshot stores, so it can be versioned and serialised without the device."""
+    """A frozen dataclass of plain values (ints, bools, strs, bytes, tuples, other records)
+    with a class attribute ``VERSION``: what a snapshot stores, so it can be versioned and
+    serialised without the device."""
 
+    VERSION: ClassVar[int]
     __dataclass_fields__: ClassVar[dict[str, Any]]
 
 
