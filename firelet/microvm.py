@@ -19,7 +19,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from firelet.devices.legacy.console import ConsoleBuffer, FdSink, Sink
+from firelet.devices.legacy.console import ConsoleBuffer, FdSink
+from firelet.devices.legacy.output import Sink
 from firelet.vstate.exits import ExitKind, VmExit
 
 PathLike = str | os.PathLike[str]
@@ -148,7 +149,9 @@ class MicroVM:
     @property
     def boot_times(self) -> list[tuple[int, int]]:
         """With ``boot_timer``: each boot-complete signal's ``(wall µs, CPU µs)`` since :meth:`start`."""
-        timer = self.vmm.devices.get("boot_timer") if self.vmm is not None else None
+        from firelet.devices.pseudo.boot_timer import BootTimer
+
+        timer = self.vmm.devices.get(BootTimer) if self.vmm is not None else None
         return list(timer.boot_times) if timer is not None else []
 
     def wait(self, timeout: float | None = None) -> VmExit:
@@ -176,7 +179,11 @@ class MicroVM:
 
     def send_ctrl_alt_del(self) -> None:
         vmm = self._running()
-        i8042 = vmm.devices["i8042"]
+        from firelet.devices.legacy.i8042 import I8042
+
+        i8042 = vmm.devices.get(I8042)
+        if i8042 is None:
+            raise RuntimeError("this MicroVM has no i8042 keyboard controller to send Ctrl-Alt-Del to")
         vmm.event_loop.call_soon(i8042.trigger_ctrl_alt_del)
 
     def stop(self) -> None:

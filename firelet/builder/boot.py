@@ -6,8 +6,9 @@ vCPUs; memory slots and the PIT exist before a vCPU runs; CPUID is set before
 the MSRs and registers; the LAPIC's LINT pins are programmed after the irqchip.
 Inputs are checked up front so a bad path or size fails with one line before
 any KVM object is made. Work that waits (the kernel read, KVM calls that wait
-out a grace period) runs on helper threads meanwhile, and the devices are made
-by :meth:`Vmm.start` as the vCPUs start.
+out a grace period) runs on helper threads meanwhile. The devices, planned and
+made through the registered device kinds (:mod:`firelet.builder.registry`), all
+exist and are wired before any vCPU exists.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import msgspec
 from firelet.errors import FireletError, UsageError
 from firelet.log import get_logger
 from firelet.arch.x86_64 import layout
-from firelet.config.model import Drive, VmConfig, check_startable
-from firelet.devices.legacy.console import NullSink, Sink
+from firelet.builder.spec import BuildInputs
+from firelet.builder.spec import ConsoleSpec as ConsoleSpec  # callers make theirs from here
+from firelet.config.model import VmConfig, check_startable
+from firelet.devices.legacy.console import NullSink
 
 if TYPE_CHECKING:  # pragma: no cover - imported by build_vmm once the kernel is loading
+    from firelet.builder.spec import DeviceKinds
     from firelet.devices.pseudo.boot_timer import BootTimer
     from firelet.events.loop import EventLoop
     from firelet.metrics import Metrics
@@ -57,15 +61,6 @@ TRANSPARENT_HUGE_PAGES = True
 
 class BuildError(FireletError):
     """The microVM could not be built from its configuration."""
-
-
-class ConsoleSpec:
-    """Where the UART's output goes and whether it reads host input (e.g. fd 0 of a terminal)."""
-
-    __slots__ = ("sink", "input_fd")
-
-    def __init__(self, sink: Sink, input_fd: int | None = None) -> None:
-        self.sink, self.input_fd = sink, input_fd
 
 
 def _check_file(what: str, path: str | None, *, writable: bool = False) -> str:
@@ -153,11 +148,6 @@ def cmdline_words(cmdline: str) -> list[str]:
     return words
 
 
-def ordered_drives(drives: list[Drive]) -> list[Drive]:
-    """The root drive first (it becomes /dev/vda), then the others in the order given."""
-    return sorted(drives, key=lambda d: not d.is_root_device)
-
-
 def build_vmm(
     config: VmConfig,
     console: ConsoleSpec | None = None,
@@ -166,12 +156,14 @@ def build_vmm(
     event_loop: EventLoop | None = None,
     boot_timer: BootTimer | None = None,
     metrics: Metrics | None = None,
+    kinds: DeviceKinds | None = None,
 ) -> Vmm:
     """Build every part of the microVM; the returned :class:`Vmm` is ready to ``start()``.
 
     ``boot_timer``: Firecracker's ``--boot-timer`` device, in the first MMIO window.
     ``metrics``: the VM's counters (a new :class:`~firelet.metrics.Metrics` if not given;
     firelet-vmm passes the one its API already counts in).
+    ``kinds``: the device kinds to plan from (default: :data:`firelet.builder.registry.DEVICE_KINDS`).
     """
     from firelet.memory.guest import GuestMemory
 
@@ -212,17 +204,16 @@ def build_vmm(
             from firelet.vstate.coalesced import CoalescedRing
 
             vmm.coalesced_ring = CoalescedRing()
-        from firelet.builder.device_manager import attach_boot_timer, attach_devices, device_cmdline, plan_virtio
+        from firelet.builder.device_manager import attach_devices, device_cmdline, plan_devices
+        from firelet.builder.registry import DEVICE_KINDS
 
-        plan = plan_virtio(config, first_window=1 if boot_timer is not None else 0)
-        if boot_timer is not None:
-            attach_boot_timer(vmm, boot_timer)
+        plan = plan_devices(BuildInputs(config, console, boot_timer), DEVICE_KINDS if kinds is None else kinds)
         # The devices are made before any vCPU exists, their KVM registrations (irqfds,
         # ioeventfds, the UART's coalesced zone) queued after the irqchip on the helper
         # thread. (Making them as the vCPUs started, a vCPU waiting at its first access to
         # a device still to come, measured no faster in the rig, and 4-vCPU boots under it
         # hung the rig's kernel twice.)
-        attach_devices(vmm, plan, console, later=waits.add)
+        attach_devices(vmm, plan, later=waits.add)
         cmdline = boot_cmdline(config, device_cmdline(plan))
         kernel, initrd = loading.result()
         _load_guest(vmm, config, cmdline, kernel, initrd)

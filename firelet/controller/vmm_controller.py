@@ -88,10 +88,17 @@ class VmmController:
         self._vmm().resume()
 
     def send_ctrl_alt_del(self) -> None:
-        self._vmm().devices["i8042"].trigger_ctrl_alt_del()
+        from firelet.devices.legacy.i8042 import I8042
+
+        i8042 = self._vmm().devices.get(I8042)
+        if i8042 is None:
+            raise BackendError("the microVM has no i8042 keyboard controller to send Ctrl-Alt-Del to")
+        i8042.trigger_ctrl_alt_del()
 
     def update_drive(self, drive_id: str, path_on_host: str) -> None:
-        device = self._vmm().devices.get(f"block:{drive_id}")
+        from firelet.devices.virtio.block import Block
+
+        device = self._vmm().devices.get(Block, drive_id)
         if device is None:
             raise BackendError(f"no drive with drive_id {drive_id!r}")
         try:

@@ -1,20 +1,19 @@
-"""How a device raises its interrupt without knowing about KVM.
+"""The interrupt lines behind :class:`~firelet.devices.protocols.Interrupt`.
 
-Devices hold an :class:`Interrupt` and call ``trigger()``. In a running VM the
-object is an :class:`EventFdInterrupt`, whose eventfd the VM builder registers
-with KVM as an irqfd for the device's GSI, so raising an interrupt is one
-``write`` with no ioctl and no lock. Tests pass a counting fake.
+Devices hold an ``Interrupt`` and call ``trigger()``, knowing nothing of KVM. In
+a running VM the object is an :class:`EventFdInterrupt`, whose eventfd the VM
+builder registers with KVM as an irqfd for the device's GSI, so raising an
+interrupt is one ``write`` with no ioctl and no lock. Tests pass a
+:class:`CountingInterrupt`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Protocol
 
+from firelet.devices.protocols import Interrupt as Interrupt  # devices import it from here too
 
-class Interrupt(Protocol):
-    def trigger(self) -> None:
-        """Raise (an edge on) the device's interrupt line."""
+__all__ = ["CountingInterrupt", "EventFdInterrupt", "Interrupt"]
 
 
 class EventFdInterrupt:

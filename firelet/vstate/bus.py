@@ -1,8 +1,9 @@
 """Address buses that route a vCPU's port I/O and MMIO exits to devices.
 
-A device on a bus answers ``read(offset, data)`` by filling ``data`` and
-``write(offset, data)`` by consuming it; ``offset`` is relative to the start of
-the range the device was inserted at. An access nobody claims reads as all
+A device on a bus (:class:`~firelet.devices.protocols.BusDevice`) answers
+``read(offset, data)`` by filling ``data`` and ``write(offset, data)`` by
+consuming it; ``offset`` is relative to the start of the range the device was
+inserted at. An access nobody claims reads as all
 ones and writes are dropped, as on real hardware.
 
 Devices may be called from several vCPU threads at once and do their own
@@ -18,13 +19,8 @@ the total size of the devices' ranges.
 from __future__ import annotations
 
 import bisect
-from typing import Protocol
 
-
-class BusDevice(Protocol):
-    def read(self, offset: int, data: memoryview) -> None: ...
-
-    def write(self, offset: int, data: bytes | memoryview) -> None: ...
+from firelet.devices.protocols import BusDevice
 
 
 class BusError(Exception):

@@ -9,15 +9,15 @@ and every look at ``MicroVM.metrics`` carries current values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
+from firelet.devices.legacy.serial import Serial
+from firelet.devices.virtio.block import Block
 from firelet.metrics import Metrics
+from firelet.vstate.device_registry import DeviceRegistry
 
 
-def fold_device_metrics(devices: Mapping[str, Any], metrics: Metrics) -> None:
+def fold_device_metrics(devices: DeviceRegistry, metrics: Metrics) -> None:
     """Set the VM's device groups to the totals its devices keep (cumulative values, not increments)."""
-    blocks = [device.metrics for name, device in list(devices.items()) if name.startswith("block:")]
+    blocks = [device.metrics for device in devices.of_kind(Block)]
     block = metrics.block
     block.read_bytes = sum(m.read_bytes for m in blocks)
     block.write_bytes = sum(m.write_bytes for m in blocks)
@@ -25,7 +25,7 @@ def fold_device_metrics(devices: Mapping[str, Any], metrics: Metrics) -> None:
     block.write_count = sum(m.write_ops for m in blocks)
     block.flush_count = sum(m.flush_ops for m in blocks)
     block.invalid_reqs_count = sum(m.failures + m.dropped for m in blocks)
-    serial = devices.get("serial")
+    serial = devices.get(Serial)
     if serial is not None:
         metrics.uart.write_count = serial.tx_bytes
         metrics.uart.read_count = serial.rx_bytes

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from firelet import threads
+from firelet.arch.x86_64.regs import X86_CR0_PG
 from firelet.kvm import structs as S
 from firelet.log import DEBUG, get_logger
 from firelet.metrics import Area
@@ -29,7 +30,6 @@ ExitCallback = Callable[[VmExit], None]
 
 #: Marks a vCPU state no guest can be in (see :meth:`Vcpu.describe_state`); tests look for it.
 IMPOSSIBLE_STATE = "not the guest's state, the host KVM's fault"
-_CR0_PG = 1 << 31  # Intel SDM vol. 3A §2.5: paging enabled
 #: The page-table root's address bits: page-aligned (the low bits are flags: PCD, PWT, PCID),
 #: at most 52 bits wide (MAXPHYADDR; Intel SDM vol. 3A §4.5).
 _CR3_ROOT_MASK = ((1 << 52) - 1) & ~0xFFF
@@ -41,7 +41,7 @@ class GuestRam(Protocol):
 
 def impossible_page_table_root(cr0: int, cr3: int, memory: GuestRam) -> bool:
     """Whether paging is on with its root table outside guest RAM: the vCPU could not take a step."""
-    return bool(cr0 & _CR0_PG) and not memory.check_range(cr3 & _CR3_ROOT_MASK, 4096)
+    return bool(cr0 & X86_CR0_PG) and not memory.check_range(cr3 & _CR3_ROOT_MASK, 4096)
 
 # Exit decoding straight from the kvm_run bytes (linux/kvm.h), cheaper than ctypes
 # attribute access on the hot path: exit_reason at offset 8, the exit union at 32.

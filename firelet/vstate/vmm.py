@@ -17,6 +17,7 @@ from firelet.log import DEBUG, get_logger
 from firelet.metrics import Metrics
 from firelet.arch.x86_64 import layout
 from firelet.vstate.bus import Bus
+from firelet.vstate.device_registry import DeviceRegistry
 from firelet.events.loop import EventLoop
 from firelet.vstate.exits import ExitKind, VmExit
 from firelet.vstate.vcpu import Vcpu, VcpuGate
@@ -55,8 +56,8 @@ class Vmm:
         self.boot_mode = "long"
         self.entry = 0
         self.start_info = layout.PVH_INFO_START
-        #: Devices by role, for the controller: "serial", "i8042", "block:<id>", ...
-        self.devices: dict[str, Any] = {}
+        #: Every device, by class and id: ``devices.get(Block, "rootfs")``, ``devices.of_kind(Block)``.
+        self.devices = DeviceRegistry()
         #: KVM's coalesced I/O ring (firelet.vstate.coalesced), when KVM offers coalesced port I/O.
         self.coalesced_ring: Any = None
         self._exit: VmExit | None = None

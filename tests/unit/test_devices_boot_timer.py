@@ -8,9 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firelet.arch.x86_64 import layout
-from firelet.builder.device_manager import plan_virtio
 from firelet.config.model import BootSource, Drive, VmConfig
 from firelet.devices.pseudo.boot_timer import BOOT_COMPLETE, BootTimer, Timestamp, boot_time_line
+from firelet.builder.device_manager import plan_devices
+from firelet.builder.registry import DEVICE_KINDS
+from firelet.builder.spec import BuildInputs, ConsoleSpec
+from firelet.devices.legacy.console import NullSink
+from firelet.vstate.device_registry import BusKind, DeviceEntry, DeviceRegistry, Slot
 
 #: What Firecracker's own tests parse out of its log (tests/integration_tests/performance/test_boottime.py).
 FIRECRACKER_REGEX = re.compile(r"Guest-boot-time\s+\=\s+(\d+)\s+us")
@@ -53,12 +57,20 @@ def _config(drives: int) -> VmConfig:
                             for i in range(drives)])
 
 
+def _slots(timer: BootTimer | None) -> dict[str, Slot]:
+    plan = plan_devices(BuildInputs(_config(3), ConsoleSpec(NullSink()), timer), DEVICE_KINDS)
+    return {p.spec.kind + ":" + p.device_id: p.slot for p in plan if p.slot.bus is BusKind.MMIO}
+
+
 def test_the_virtio_devices_move_up_one_window_behind_the_boot_timer() -> None:
-    plain = plan_virtio(_config(3))
-    behind = plan_virtio(_config(3), first_window=1)
-    assert [slot.base for _, slot in plain] == [0xD0000000, 0xD0001000, 0xD0002000]
-    assert [slot.base for _, slot in behind] == [0xD0001000, 0xD0002000, 0xD0003000]
-    assert [slot.irq for _, slot in behind] == [slot.irq for _, slot in plain]  # the timer takes no IRQ
+    plain = _slots(None)
+    behind = _slots(_timer([]))
+    assert list(plain) == ["block:d0", "block:d1", "block:d2"]
+    assert [s.base for s in plain.values()] == [0xD0000000, 0xD0001000, 0xD0002000]
+    assert list(behind) == ["boot_timer:boot_timer", "block:d0", "block:d1", "block:d2"]
+    assert [s.base for s in behind.values()] == [0xD0000000, 0xD0001000, 0xD0002000, 0xD0003000]
+    assert behind["boot_timer:boot_timer"].irq is None  # the timer takes no IRQ
+    assert [s.irq for s in plain.values()] == [s.irq for k, s in behind.items() if k != "boot_timer:boot_timer"]
     assert layout.BOOT_TIMER_START == 0xD0000000
 
 
@@ -71,7 +83,9 @@ def test_microvm_boot_times_come_from_its_timer() -> None:
     assert vm.boot_times == []  # not started
     timer = _timer([])
     timer.write(0, bytes([BOOT_COMPLETE]))
-    vm.vmm = SimpleNamespace(devices={"boot_timer": timer})
+    devices = DeviceRegistry()
+    devices.add(DeviceEntry("boot_timer", "boot_timer", timer, Slot(BusKind.MMIO, ((layout.BOOT_TIMER_START, 1),))))
+    vm.vmm = SimpleNamespace(devices=devices)
     assert vm.boot_times == [(2_500_000, 812_345)]
-    vm.vmm = SimpleNamespace(devices={})  # built without the timer
+    vm.vmm = SimpleNamespace(devices=DeviceRegistry())  # built without the timer
     assert vm.boot_times == []

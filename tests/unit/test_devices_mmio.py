@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from firelet.arch.x86_64 import layout
 from firelet.devices.interrupt import CountingInterrupt
 from firelet.devices.virtio import mmio
 from firelet.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDeviceBase
@@ -263,11 +264,6 @@ def test_notify_and_register_access_from_two_threads(setup) -> None:
     assert len(drv.take_used()) == 200
 
 
-def test_kernel_cmdline_fragment() -> None:
-    assert mmio.kernel_cmdline_fragment(0xD0000000, 5) == "virtio_mmio.device=4K@0xd0000000:5"
-    assert mmio.MmioTransport.kernel_cmdline_fragment(0x1000, 6) == "virtio_mmio.device=4K@0x1000:6"
-
-
 def test_an_unacknowledged_interrupt_is_raised_again_once_per_period(setup) -> None:
     """A lost edge (the IOAPIC pin masked when it came) must not strand the driver."""
     transport, _, irq, drvs = setup
@@ -297,9 +293,9 @@ def test_a_promptly_acknowledged_interrupt_is_never_raised_twice(setup) -> None:
 
 
 # -- a hostile driver: any register, any width, any value, in any order ---------------
-_REGISTERS = [v for k, v in vars(mmio).items() if k.isupper() and isinstance(v, int) and v < mmio.WINDOW_SIZE
+_REGISTERS = [v for k, v in vars(mmio).items() if k.isupper() and isinstance(v, int) and v < layout.VIRTIO_MMIO_SIZE
               and not k.startswith(("STATUS_", "VIRTIO_", "MMIO_", "VENDOR_ID_"))]
-_OFFSETS = st.one_of(st.sampled_from(_REGISTERS), st.integers(0, mmio.WINDOW_SIZE - 1))
+_OFFSETS = st.one_of(st.sampled_from(_REGISTERS), st.integers(0, layout.VIRTIO_MMIO_SIZE - 1))
 _VALUES = st.one_of(st.sampled_from([0, 1, 2, 4, 8, 15, 16, 64, 128, 0xFF, 0x10000, 0xFFFFFFFF]),
                     st.integers(0, 0xFFFFFFFF))
 _OPS = st.one_of(

@@ -8,6 +8,7 @@ from pathlib import Path
 from firelet.devices.virtio.block import Block
 from firelet.metrics import Metrics, MetricsWriter
 from firelet.vstate.device_metrics import fold_device_metrics
+from firelet.vstate.device_registry import BusKind, DeviceEntry, DeviceRegistry, Slot
 from firelet.vstate.vcpu import Vcpu, VcpuGate
 
 
@@ -17,41 +18,49 @@ def _disk(tmp_path: Path, name: str) -> Block:
     return Block(path, drive_id=name)
 
 
+def _registry(**disks: Block) -> DeviceRegistry:
+    registry = DeviceRegistry()
+    for n, (drive_id, disk) in enumerate(disks.items()):
+        registry.add(DeviceEntry("block", drive_id, disk, Slot(BusKind.MMIO, ((0xD0000000 + n * 0x1000, 0x1000),))))
+    return registry
+
+
 def test_two_vms_count_apart_and_their_devices_are_folded_in_at_each_reading(tmp_path: Path) -> None:
-    devices_a = {"block:root": _disk(tmp_path, "a-root"), "block:data": _disk(tmp_path, "a-data")}
-    devices_b = {"block:root": _disk(tmp_path, "b-root")}
+    a_root, a_data, b_root = _disk(tmp_path, "a-root"), _disk(tmp_path, "a-data"), _disk(tmp_path, "b-root")
+    devices_a, devices_b = _registry(root=a_root, data=a_data), _registry(root=b_root)
     metrics_a, metrics_b = Metrics(), Metrics()
     metrics_a.add_source(lambda: fold_device_metrics(devices_a, metrics_a))
     metrics_b.add_source(lambda: fold_device_metrics(devices_b, metrics_b))
-    devices_a["block:root"].metrics.read_bytes += 4096  # what the devices count as they serve requests
-    devices_a["block:data"].metrics.read_bytes += 512
-    devices_a["block:data"].metrics.write_ops += 3
-    devices_b["block:root"].metrics.flush_ops += 1
+    a_root.metrics.read_bytes += 4096  # what the devices count as they serve requests
+    a_data.metrics.read_bytes += 512
+    a_data.metrics.write_ops += 3
+    b_root.metrics.flush_ops += 1
     metrics_a.vcpu.exit_io_out += 7
     assert metrics_a.totals()["block"]["read_bytes"] == 4608 and metrics_a.totals()["block"]["write_count"] == 3
     assert metrics_b.totals()["block"]["read_bytes"] == 0 and metrics_b.totals()["block"]["flush_count"] == 1
     assert metrics_b.totals()["vcpu"]["exit_io_out"] == 0
     first = metrics_a.deltas()
-    devices_a["block:root"].metrics.read_bytes += 100
+    a_root.metrics.read_bytes += 100
     second = metrics_a.deltas()
     assert first["block"]["read_bytes"] == 4608 and second["block"]["read_bytes"] == 100
-    for device in [*devices_a.values(), *devices_b.values()]:
-        device.close()
+    for disk in (a_root, a_data, b_root):
+        disk.close()
 
 
 def test_a_metrics_file_line_keeps_firecrackers_shape_and_carries_device_counts(tmp_path: Path) -> None:
-    devices = {"block:root": _disk(tmp_path, "root")}
+    root = _disk(tmp_path, "root")
+    devices = _registry(root=root)
     metrics = Metrics()
     metrics.add_source(lambda: fold_device_metrics(devices, metrics))
     writer = MetricsWriter(str(tmp_path / "m.json"), metrics, interval_s=3600)
-    devices["block:root"].metrics.write_bytes += 8192
+    root.metrics.write_bytes += 8192
     writer.close()  # the last line, as firelet-vmm and MicroVM.close write it
     line = json.loads((tmp_path / "m.json").read_text())
     assert list(line) == ["utc_timestamp_ms", "api_server", "get_api_requests", "put_api_requests",
                           "patch_api_requests", "vcpu", "block", "net", "rate_limiter", "uart", "logger"]
     assert list(line["logger"]) == ["missed_log_count", "missed_metrics_count", "metrics_fails"]
     assert line["block"]["write_bytes"] == 8192
-    devices["block:root"].close()
+    root.close()
 
 
 def test_a_vcpu_without_a_vms_metrics_counts_in_its_own_not_a_shared_one() -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+from firelet.devices.protocols import BusDevice
 from firelet.devices.virtio import mmio
-from firelet.devices.virtio.mmio import MmioTransport
 from firelet.devices.virtio.queue import (
     DESC_SIZE,
     VIRTQ_DESC_F_INDIRECT,
@@ -151,24 +151,24 @@ class DriverQueue:
 
 
 # -- virtio-mmio, as Linux's virtio_mmio driver programs it -------------------------------
-def mmio_read32(transport: MmioTransport, offset: int) -> int:
+def mmio_read32(transport: BusDevice, offset: int) -> int:
     buf = bytearray(4)
     transport.read(offset, memoryview(buf))
     return int.from_bytes(buf, "little")
 
 
-def mmio_write32(transport: MmioTransport, offset: int, value: int) -> None:
+def mmio_write32(transport: BusDevice, offset: int, value: int) -> None:
     transport.write(offset, (value & 0xFFFFFFFF).to_bytes(4, "little"))
 
 
-def mmio_device_features(transport: MmioTransport) -> int:
+def mmio_device_features(transport: BusDevice) -> int:
     mmio_write32(transport, mmio.DEVICE_FEATURES_SEL, 1)
     high = mmio_read32(transport, mmio.DEVICE_FEATURES)
     mmio_write32(transport, mmio.DEVICE_FEATURES_SEL, 0)
     return high << 32 | mmio_read32(transport, mmio.DEVICE_FEATURES)
 
 
-def mmio_setup_queue(transport: MmioTransport, index: int, drv: DriverQueue) -> None:
+def mmio_setup_queue(transport: BusDevice, index: int, drv: DriverQueue) -> None:
     mmio_write32(transport, mmio.QUEUE_SEL, index)
     assert mmio_read32(transport, mmio.QUEUE_READY) == 0
     assert mmio_read32(transport, mmio.QUEUE_NUM_MAX) >= drv.size
@@ -180,7 +180,7 @@ def mmio_setup_queue(transport: MmioTransport, index: int, drv: DriverQueue) -> 
     mmio_write32(transport, mmio.QUEUE_READY, 1)
 
 
-def mmio_init(transport: MmioTransport, queues: Sequence[DriverQueue], features: int | None = None) -> int:
+def mmio_init(transport: BusDevice, queues: Sequence[DriverQueue], features: int | None = None) -> int:
     """Linux's probe: reset, ACKNOWLEDGE, DRIVER, features, FEATURES_OK, queues, DRIVER_OK.
 
     ``features`` defaults to everything offered; returns the final status.

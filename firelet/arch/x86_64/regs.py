@@ -24,7 +24,7 @@ Mode = Literal["long", "pvh"]
 # SDM vol. 3 §2.5 (control registers) and §2.2.1 (EFER).
 X86_CR0_PE = 1 << 0
 X86_CR0_ET = 1 << 4
-X86_CR0_PG = 1 << 31
+X86_CR0_PG = 1 << 31  # paging enabled
 X86_CR4_PAE = 1 << 5
 EFER_LME = 1 << 8
 EFER_LMA = 1 << 10

@@ -1,7 +1,7 @@
 """Where the guest's serial console goes, and how a program reads it back.
 
-The UART writes guest output to a *sink* (anything with ``write(bytes)`` and
-``flush()``). :class:`ConsoleBuffer` keeps what the guest printed so that a
+The UART writes guest output to a *sink* (:class:`~firelet.devices.legacy.output.Sink`:
+anything with ``write(bytes)`` and ``flush()``). :class:`ConsoleBuffer` keeps what the guest printed so that a
 program (a test, the benchmark, the README's example) can wait for a line and
 read the output, optionally teeing it to a terminal or file as it comes.
 """
@@ -12,16 +12,12 @@ import os
 import re
 import threading
 import time
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
+
+from firelet.devices.legacy.output import Sink
 
 #: Guest output kept in memory at most; older bytes are dropped (a runaway guest cannot eat host RAM).
 MAX_BUFFER_BYTES = 8 << 20
-
-
-class Sink(Protocol):
-    def write(self, data: bytes) -> object: ...
-
-    def flush(self) -> object: ...
 
 
 class FdSink:

@@ -21,6 +21,8 @@ BATCH_BYTES = 256
 
 
 class Sink(Protocol):
+    """Where a UART's bytes go: a terminal, a file, a :class:`~firelet.devices.legacy.console.ConsoleBuffer`."""
+
     def write(self, data: bytes, /) -> object: ...
 
     def flush(self) -> object: ...

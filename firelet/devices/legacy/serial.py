@@ -45,6 +45,7 @@ MCR = 4
 LSR = 5
 MSR = 6
 SCR = 7
+#: One port per register: the width of the UART's range on the port-I/O bus.
 PORT_COUNT = 8
 
 IER_RDI = 0x01  # received data available
@@ -241,9 +242,6 @@ class Serial:
             self._acked_since_poll = not waiting
         if fire:
             self._interrupt.trigger()
-
-    def set_sink(self, sink: Sink | None) -> None:
-        self._output.sink = sink
 
     @property
     def tx_bytes(self) -> int:

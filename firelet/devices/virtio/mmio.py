@@ -18,7 +18,6 @@ from firelet.devices.interrupt import Interrupt
 from firelet.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from firelet.devices.virtio.queue import Queue
 from firelet.log import get_logger
-from firelet.arch.x86_64 import layout
 from firelet.memory.guest import GuestMemory
 
 log = get_logger(__name__)
@@ -52,8 +51,6 @@ CONFIG = 0x100
 MMIO_MAGIC = 0x74726976  # "virt"
 MMIO_VERSION = 2
 VENDOR_ID_VALUE = 0
-#: The window size the kernel command line announces.
-WINDOW_SIZE = 0x1000
 
 # §2.1 Device status field.
 STATUS_ACKNOWLEDGE = 1
@@ -75,14 +72,12 @@ _QUEUE_ADDR_REGS = {
 }
 
 
-#: How Linux learns of the device without a device tree (virtio_mmio.device=).
-kernel_cmdline_fragment = layout.virtio_mmio_cmdline
-
-
 class MmioTransport:
-    """A virtio device behind virtio-mmio registers; a bus device for its window."""
+    """A virtio device behind virtio-mmio registers; a bus device for its window.
 
-    kernel_cmdline_fragment = staticmethod(kernel_cmdline_fragment)
+    The window's place and size are the builder's (``layout.VIRTIO_MMIO_SIZE``); the
+    transport only answers offsets in it.
+    """
 
     def __init__(self, mem: GuestMemory, device: VirtioDevice, interrupt: Interrupt) -> None:
         self.mem = mem

@@ -35,7 +35,6 @@ VIRTIO_RING_F_EVENT_IDX = 29
 
 DESC_SIZE = 16  # le64 addr, le32 len, le16 flags, le16 next
 _DESC = struct.Struct("<QIHH")
-_U16 = struct.Struct("<H")
 _USED_ELEM = struct.Struct("<II")
 # §2.7 alignment requirements: table 16, available ring 2, used ring 4.
 DESC_ALIGN = 16
@@ -184,10 +183,6 @@ class Queue:
         head = mem.read_u16(slot)
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         return self._parse(mem, head)
-
-    def undo_pop(self) -> None:
-        """Put the last popped chain back (a device that could not serve it yet)."""
-        self.next_avail = (self.next_avail - 1) & 0xFFFF
 
     def _parse(self, mem: GuestMemory, head: int) -> DescriptorChain:
         chain = DescriptorChain(head)

@@ -1,0 +1,68 @@
+"""The seams of the device model: what every device offers the rest of the VMM.
+
+A device sits on a bus and answers accesses at offsets in its range
+(:class:`BusDevice`); it raises its interrupt through an :class:`Interrupt` it is
+handed (it never sees KVM: the builder makes the line); it keeps its own counters
+(:class:`Metered`); and it can hand out its state as a plain record and be put back
+into that state (:class:`Stateful`), which snapshots and live updates build on.
+These are structural protocols: a device implements them by having the methods,
+not by inheriting from them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol, TypeVar
+
+
+class BusDevice(Protocol):
+    """Port I/O or MMIO: ``offset`` is relative to the start of the device's range on its bus.
+
+    ``read`` fills all of ``data``; ``write`` consumes it. Both may be called from several
+    vCPU threads at once (the device does its own locking) and must not raise on any
+    guest-chosen offset, width or value.
+    """
+
+    def read(self, offset: int, data: memoryview) -> None: ...
+
+    def write(self, offset: int, data: bytes | memoryview) -> None: ...
+
+
+class Interrupt(Protocol):
+    """The device's interrupt line: an edge each time it is triggered (a KVM irqfd in a VM)."""
+
+    def trigger(self) -> None:
+        """Raise (an edge on) the device's interrupt line."""
+
+
+class Metered(Protocol):
+    """A device's own counters, cumulative since it was made, readable from any thread.
+
+    The controller folds them into the VM's metrics; a device never writes to shared metrics.
+    """
+
+    @property
+    def metrics(self) -> object: ...
+
+
+class StateRecord(Protocol):
+    """A frozen dataclass of plain values (ints, bools, strs, bytes, tuples, other records)
+    with a class attribute ``VERSION``: what a snapshot stores, so it can be versioned and
+    serialised without the device."""
+
+    VERSION: ClassVar[int]
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+S = TypeVar("S", bound=StateRecord)
+
+
+class Stateful(Protocol[S]):
+    """Saves its guest-visible state as a record and restores it (on a device made from the same config).
+
+    ``restore_state(save_state())`` leaves the device as it was, requests in flight included;
+    a record that does not fit the device is refused with an error, never half applied.
+    """
+
+    def save_state(self) -> S: ...
+
+    def restore_state(self, state: S) -> None: ...
