@@ -18,7 +18,12 @@ from typing import BinaryIO
 
 from firelet.arch.x86_64 import layout
 from firelet.memory import backends
-from firelet.memory.backends import HUGE_PAGE_SIZE, PAGE_SIZE, GuestMemoryError, MemoryRegion
+from firelet.memory.backends import (
+    HUGE_PAGE_SIZE,
+    PAGE_SIZE,
+    GuestMemoryError,
+    MemoryRegion,
+)
 
 __all__ = ["HUGE_PAGE_SIZE", "PAGE_SIZE", "GuestMemory", "GuestMemoryError", "MemoryRegion"]
 

@@ -12,7 +12,12 @@ from firelet.builder.boot import _setup_vm
 from firelet.builder.kernel_waits import KernelWaits
 from firelet.kvm import Kvm, KvmError, VmFd
 from firelet.kvm import structs as S
-from firelet.memory.dirty import fetch_all_dirty_pages, fetch_dirty_pages, pages_in_bitmap, slot_flags
+from firelet.memory.dirty import (
+    fetch_all_dirty_pages,
+    fetch_dirty_pages,
+    pages_in_bitmap,
+    slot_flags,
+)
 from firelet.memory.guest import GuestMemory
 
 CODE_ADDR = 0x1000
