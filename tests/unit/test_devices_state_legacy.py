@@ -88,6 +88,36 @@ def test_a_uart_refuses_more_input_than_it_holds_or_registers_wider_than_a_byte(
         s.Serial(CountingInterrupt()).restore_state(from_dict(s.SerialState, to_dict(state) | {"lcr": 256}))
 
 
+class _Batch:
+    """KVM's coalesced ring, as the UART sees it: port writes the guest made without an exit."""
+
+    def __init__(self, queued: list[tuple[int, int]] | None = None) -> None:
+        self.active = False
+        self.queued = queued or []
+
+    def set_active(self, active: bool) -> None:
+        self.active = active
+
+    def take(self) -> list[tuple[int, int]]:
+        out, self.queued = self.queued, []
+        return out
+
+
+def test_saving_a_uart_first_applies_the_writes_kvm_still_holds_and_a_restore_sets_batching_again() -> None:
+    sink = io.BytesIO()
+    batch = _Batch()
+    uart = s.Serial(CountingInterrupt(), sink, tx_batch=batch)
+    assert batch.active
+    batch.queued = [(s.LCR, s.LCR_DLAB | 3), (s.DATA, 1), (s.LCR, 3), (s.DATA, ord("h")), (s.DATA, ord("i"))]
+    state = uart.save_state()
+    assert (state.dll, state.lcr) == (1, 3) and sink.getvalue() == b"hi" and not batch.queued
+    for ier, batching in ((0, True), (s.IER_THRI, False)):
+        other = _Batch()
+        s.Serial(CountingInterrupt(), tx_batch=other).restore_state(
+            _through_dict(s.SerialState(ier, 3, s.MCR_OUT2, 0, 0, 1, 0, False, b"")))
+        assert other.active is batching
+
+
 _UART_OPS = st.lists(st.one_of(
     st.tuples(st.just("out"), st.integers(0, 7), st.sampled_from([0, 1, 2, 3, 0x0F, 0x10, 0x80, 0x83, 0xC7, 0xFF])),
     st.tuples(st.just("in"), st.integers(0, 7), st.just(0)),
