@@ -27,11 +27,11 @@ def test_dirty_pages_of_a_booted_guest_are_logged_and_cleared_by_fetching(kernel
         outcome = vm.wait(BOOT_TIMEOUT_S)
         text = vm.console.text()
         assert outcome.clean and parse_exit_status(text) == 0 and "dirty-test" in text, text[-3000:]
-        pages = fetch_all_dirty_pages(vm.vmm.vm_fd, vm.vmm.memory)
+        pages = fetch_all_dirty_pages(vm.vmm.resources.vm_fd, vm.vmm.memory)
         # A Linux boot writes its page tables, stacks, slab and page cache: thousands of pages,
         # all of them guest RAM, each once.
         assert len(pages) > 1000, len(pages)
         assert len(set(pages)) == len(pages) and max(pages) < mem_mib * 256
-        assert fetch_all_dirty_pages(vm.vmm.vm_fd, vm.vmm.memory) == []  # the guest has stopped; the log was cleared
+        assert fetch_all_dirty_pages(vm.vmm.resources.vm_fd, vm.vmm.memory) == []  # the guest has stopped; the log was cleared
     finally:
         vm.close()
