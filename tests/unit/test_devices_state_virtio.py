@@ -215,6 +215,8 @@ def test_a_transport_refuses_a_state_it_cannot_hold(tmp_path: Path) -> None:
     plain["queues"][0]["desc_table"] = 1 << 40  # a ring outside guest RAM
     with pytest.raises(RecordError, match="an active device with invalid queues"):
         _restore_echo(from_dict(MmioTransportState, plain), device.acked_features, mem)
+    with pytest.raises(RecordError, match="status 256 does not fit its 8-bit register"):
+        _restore_echo(from_dict(MmioTransportState, to_dict(state) | {"status": 256}), device.acked_features, mem)
     with pytest.raises(RecordError, match="device type 42 with 2 queues, not type 2 with 1"):
         mmio.MmioTransport(mem, Block(tmp_path / "disk"), CountingInterrupt()).restore_state(state)
     mem.close()

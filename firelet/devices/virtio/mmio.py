@@ -154,28 +154,33 @@ class MmioTransport:
                 f"saved virtio-mmio state is for device type {state.device_type} with {len(state.queues)} queues, "
                 f"not type {self.device.device_type} with {len(self.queues)}"
             )
+        widths = {"status": 8, "device_features_sel": 32, "driver_features_sel": 32, "driver_features": 64,
+                  "queue_sel": 32, "interrupt_status": 32, "config_generation": 32}
+        for name, bits in widths.items():
+            if not 0 <= getattr(state, name) < 1 << bits:
+                raise RecordError(f"saved virtio-mmio {name} {getattr(state, name)} does not fit its {bits}-bit register")
         features_ok = bool(state.status & STATUS_FEATURES_OK)
         if features_ok and self.device.acked_features != state.driver_features:
             raise RecordError(
                 f"saved virtio-mmio features {state.driver_features:#x} differ from the device's "
                 f"{self.device.acked_features:#x}; restore the device's state first"
             )
+        staged = [Queue(q.max_size) for q in self.queues]  # checked before anything is changed
+        for queue, queue_state in zip(staged, state.queues):
+            queue.restore_state(queue_state)
+        ready = [q for q in staged if q.ready]
+        if state.device_activated and not (features_ok and ready and all(q.is_valid(self.mem) for q in ready)):
+            raise RecordError("saved virtio-mmio state has an active device with invalid queues")
         with self.lock:
             for queue, queue_state in zip(self.queues, state.queues):
                 queue.restore_state(queue_state)
-            if state.device_activated:
-                ready = [q for q in self.queues if q.ready]
-                if not features_ok or not ready or not all(q.is_valid(self.mem) for q in ready):
-                    raise RecordError("saved virtio-mmio state has an active device with invalid queues")
             with self._isr_lock:
-                self.interrupt_status = state.interrupt_status & 0xFFFFFFFF
-                self.config_generation = state.config_generation & 0xFFFFFFFF
+                self.interrupt_status = state.interrupt_status
+                self.config_generation = state.config_generation
                 self._acked_since_poll = self.interrupt_status == 0
-            self.status = state.status & 0xFF
-            self.device_features_sel = state.device_features_sel & 0xFFFFFFFF
-            self.driver_features_sel = state.driver_features_sel & 0xFFFFFFFF
-            self.driver_features = state.driver_features & (1 << 64) - 1
-            self.queue_sel = state.queue_sel & 0xFFFFFFFF
+            self.status = state.status
+            self.device_features_sel, self.driver_features_sel = state.device_features_sel, state.driver_features_sel
+            self.driver_features, self.queue_sel = state.driver_features, state.queue_sel
             if state.device_activated and not self.device.activated:
                 self.device.activate(self.mem, self.queues, self)
 
