@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -94,3 +95,18 @@ def test_the_builder_registers_slots_for_dirty_logging_only_when_asked(kvm: Kvm,
 def test_pages_in_bitmap_are_the_set_bits_counted_from_the_first_page(bitmap: bytes, first: int) -> None:
     expected = [first + 8 * i + b for i, byte in enumerate(bitmap) for b in range(8) if byte >> b & 1]
     assert pages_in_bitmap(bitmap, first) == expected
+
+
+def test_a_guest_on_memfd_ram_writes_into_the_fd_and_its_log(kvm: Kvm) -> None:
+    memory = GuestMemory.memfd(RANGES)
+    try:
+        with kvm.create_vm() as vm:
+            for slot, region in enumerate(memory.regions):
+                vm.set_user_memory_region(slot, region.guest_addr, region.size, region.host_addr, slot_flags(True))
+            _run_writer(vm, memory)
+            assert fetch_all_dirty_pages(vm, memory) == [0x3, 0x4, 0x12]
+        # The fd is all of RAM, regions back to back: another process reading it sees the guest's writes.
+        assert os.pread(memory.fd, 1, 0x3000) == b"\x42"
+        assert os.pread(memory.fd, 1, 0x8000 + 0x2345) == b"\x44"
+    finally:
+        memory.close()
