@@ -195,7 +195,7 @@ def build_vmm(
 
         resources = VmmResources(kvm, vm_fd, memory, closers)
         waits = KernelWaits()
-        _setup_vm(vm_fd, memory, waits)
+        _setup_vm(vm_fd, memory, waits, track_dirty_pages=machine.track_dirty_pages)
         loop = event_loop if event_loop is not None else EventLoop()
         closers.append(loop.close)
         gate = VcpuGate()
@@ -258,12 +258,16 @@ def _ensure_kick_handler(install: Callable[[], None]) -> None:
         )
 
 
-def _setup_vm(vm_fd: Any, memory: Any, waits: Any) -> None:
+def _setup_vm(vm_fd: Any, memory: Any, waits: Any, *, track_dirty_pages: bool = False) -> None:
+    from firelet.memory.dirty import slot_flags
+
     vm_fd.set_tss_addr(layout.KVM_TSS_START)
     vm_fd.set_identity_map_addr(layout.KVM_IDENTITY_MAP_START)
     waits.add(vm_fd.create_irqchip)  # before the vCPUs are made (the builder waits for it)
+    flags = slot_flags(track_dirty_pages)  # slot i is memory.regions[i] (firelet.memory.dirty)
     for slot, region in enumerate(memory.regions):  # needed only once a vCPU runs
-        waits.add(partial(vm_fd.set_user_memory_region, slot, region.guest_addr, region.size, region.host_addr))
+        waits.add(partial(vm_fd.set_user_memory_region, slot, region.guest_addr, region.size, region.host_addr,
+                          flags))
     waits.add(vm_fd.create_pit2)
 
 

@@ -11,7 +11,9 @@ not by inheriting from them.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Protocol, TypeVar
+
+from firelet.records import Record
 
 
 class BusDevice(Protocol):
@@ -44,16 +46,7 @@ class Metered(Protocol):
     def metrics(self) -> object: ...
 
 
-class StateRecord(Protocol):
-    """A frozen dataclass of plain values (ints, bools, strs, bytes, tuples, other records)
-    with a class attribute ``VERSION``: what a snapshot stores, so it can be versioned and
-    serialised without the device."""
-
-    VERSION: ClassVar[int]
-    __dataclass_fields__: ClassVar[dict[str, Any]]
-
-
-S = TypeVar("S", bound=StateRecord)
+S = TypeVar("S", bound=Record)
 
 
 class Stateful(Protocol[S]):

@@ -1,102 +1,79 @@
-"""Guest RAM: anonymous host mappings, reached only through bounds-checked views.
+"""Guest RAM, reached only through bounds-checked views, whatever backs it.
 
 All guest-physical accesses in firelet (the loader, boot structures, virtqueues,
 device I/O) go through :class:`GuestMemory`, so a hostile or wrong guest address
 is a :class:`GuestMemoryError` in exactly one place, never a host crash or a
-read of host memory.
+read of host memory. The host memory behind it comes from
+:mod:`firelet.memory.backends` (anonymous, memfd or a file); KVM memory slot
+``i`` is region ``i`` (see :mod:`firelet.memory.dirty`).
 """
 
 from __future__ import annotations
 
-import ctypes
 import mmap
+import os
 import struct
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import BinaryIO
 
-from firelet.errors import FireletError
 from firelet.arch.x86_64 import layout
+from firelet.memory import backends
+from firelet.memory.backends import (
+    HUGE_PAGE_SIZE,
+    PAGE_SIZE,
+    GuestMemoryError,
+    MemoryRegion,
+)
 
-HUGE_PAGE_SIZE = 2 * layout.MiB
-_MAP_HUGETLB = 0x40000  # linux/mman.h
-_MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
-
-
-class GuestMemoryError(FireletError):
-    """A guest-physical range that is not (wholly) inside guest RAM."""
-
-
-class MemoryRegion(NamedTuple):
-    """One contiguous stretch of guest RAM backed by one host mapping."""
-
-    guest_addr: int
-    size: int
-    mapping: mmap.mmap
-    offset: int = 0  # where guest RAM starts inside ``mapping`` (aligned for huge pages)
-
-    @property
-    def end(self) -> int:
-        return self.guest_addr + self.size
-
-    @property
-    def host_addr(self) -> int:
-        """The host virtual address of guest RAM (for KVM_SET_USER_MEMORY_REGION)."""
-        return ctypes.addressof(ctypes.c_char.from_buffer(self.mapping)) + self.offset
+__all__ = ["HUGE_PAGE_SIZE", "PAGE_SIZE", "GuestMemory", "GuestMemoryError", "MemoryRegion"]
 
 
 class GuestMemory:
-    """Guest RAM made of non-overlapping regions, sorted by guest address."""
+    """Guest RAM made of non-overlapping regions, sorted by guest address.
 
-    def __init__(self, regions: Sequence[MemoryRegion]) -> None:
+    ``backend`` names where the memory came from: ``"anonymous"``, ``"memfd"``
+    or ``"file"``. The regions (their mappings and fds) belong to this object
+    and are released by :meth:`close`.
+    """
+
+    def __init__(self, regions: Sequence[MemoryRegion], backend: str = "anonymous") -> None:
         self.regions: tuple[MemoryRegion, ...] = tuple(sorted(regions, key=lambda r: r.guest_addr))
         for prev, cur in zip(self.regions, self.regions[1:]):
             if cur.guest_addr < prev.end:
+                backends.release(self.regions)
                 raise ValueError("guest memory regions overlap")
+        self.backend = backend
         self._views = [memoryview(r.mapping)[r.offset : r.offset + r.size] for r in self.regions]
 
     @classmethod
     def anonymous(cls, ranges: Iterable[tuple[int, int]], *, huge_pages: bool = False,
                   transparent_huge_pages: bool = False) -> GuestMemory:
-        """Map fresh zeroed memory for each ``(guest_addr, size)``; pages are committed on first touch.
+        """Private zeroed memory per ``(guest_addr, size)`` (see :func:`backends.anonymous`)."""
+        regions = backends.anonymous(ranges, huge_pages=huge_pages, transparent_huge_pages=transparent_huge_pages)
+        return cls(regions, "anonymous")
 
-        ``huge_pages`` backs RAM with hugetlbfs 2 MiB pages (Firecracker's
-        ``huge_pages: "2M"``, needs ``vm.nr_hugepages``). ``transparent_huge_pages``
-        aligns each region to 2 MiB and asks the kernel for THP there, as QEMU
-        does: fewer, larger nested-paging entries, at the cost of RSS growing in
-        2 MiB steps.
-        """
-        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
-        if huge_pages:
-            flags |= _MAP_HUGETLB
-        regions = []
-        for guest_addr, size in ranges:
-            if huge_pages and size % HUGE_PAGE_SIZE:
-                raise GuestMemoryError(f"memory size {size} is not a multiple of 2 MiB, needed for huge pages")
-            # An anonymous mapping is only page-aligned; reserve 2 MiB more (never
-            # touched, so free) and start guest RAM at the first 2 MiB boundary.
-            slack = HUGE_PAGE_SIZE if transparent_huge_pages and not huge_pages else 0
-            try:
-                mapping = mmap.mmap(-1, size + slack, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            except OSError as exc:
-                what = "huge pages (is vm.nr_hugepages set?)" if huge_pages else "memory"
-                raise GuestMemoryError(f"cannot map {size >> 20} MiB of guest {what}: {exc.strerror}") from exc
-            offset = 0
-            if slack:
-                base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))
-                offset = -base % HUGE_PAGE_SIZE
-                if hasattr(mmap, "MADV_HUGEPAGE"):
-                    mapping.madvise(mmap.MADV_HUGEPAGE, offset, size)
-            if not huge_pages and hasattr(mmap, "MADV_DONTDUMP"):
-                mapping.madvise(mmap.MADV_DONTDUMP)
-            regions.append(MemoryRegion(guest_addr, size, mapping, offset))
-        return cls(regions)
+    @classmethod
+    def memfd(cls, ranges: Iterable[tuple[int, int]]) -> GuestMemory:
+        """Shared memory in one size-sealed memfd (:attr:`fd`), to hand to another process or write out."""
+        return cls(backends.memfd(ranges), "memfd")
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]], *,
+                  shared: bool = False, create: bool = False) -> GuestMemory:
+        """RAM from a file laid out as :meth:`write_to` writes it (see :func:`backends.file`)."""
+        return cls(backends.file(path, ranges, shared=shared, create=create), "file")
 
     @classmethod
     def for_size(cls, mem_size: int, *, huge_pages: bool = False,
                  transparent_huge_pages: bool = False) -> GuestMemory:
-        """Guest RAM of ``mem_size`` bytes laid out around the 32-bit MMIO gap."""
+        """Anonymous guest RAM of ``mem_size`` bytes laid out around the 32-bit MMIO gap."""
         return cls.anonymous(layout.ram_regions(mem_size), huge_pages=huge_pages,
                              transparent_huge_pages=transparent_huge_pages)
+
+    @property
+    def fd(self) -> int:
+        """The memfd or file holding all of guest RAM, or -1 for anonymous memory."""
+        return self.regions[0].fd if self.regions else -1
 
     @property
     def size(self) -> int:
@@ -161,9 +138,43 @@ class GuestMemory:
     def write_u64(self, addr: int, value: int) -> None:
         struct.pack_into("<Q", self.view(addr, 8), 0, value)
 
+    def discard(self, addr: int, length: int) -> None:
+        """Give ``[addr, addr+length)`` back to the host; the guest then reads zeros there.
+
+        Page-aligned (2 MiB with huge pages) and inside one region. Private memory
+        drops its pages (MADV_DONTNEED; a private file mapping reads the file's
+        bytes again); shared memory punches a hole in its memfd or file, which
+        every mapping of it sees.
+        """
+        index, offset = self._locate(addr, length)
+        region = self.regions[index]
+        if addr % region.page_size or length % region.page_size:
+            raise GuestMemoryError(
+                f"cannot discard guest range {addr:#x}+{length:#x}: not aligned to the {region.page_size}-byte page"
+            )
+        if length == 0:
+            return
+        if region.shared and region.fd >= 0:
+            backends.punch_hole(region.fd, region.fd_offset + offset, length)
+        else:
+            region.mapping.madvise(mmap.MADV_DONTNEED, region.offset + offset, length)
+
+    def write_to(self, out: BinaryIO) -> int:
+        """Write every region, in guest-address order and back to back; returns the bytes written.
+
+        The layout :meth:`from_file` and the memfd backend use, so a file written
+        here restores with the same ``ranges``.
+        """
+        total = 0
+        for view in self._views:
+            out.write(view)
+            total += len(view)
+        return total
+
     def close(self) -> None:
-        """Unmap guest RAM (views handed out earlier must be released first)."""
+        """Unmap guest RAM and close its fd (views handed out earlier must be released first)."""
         for view in self._views:
             view.release()
-        for region in self.regions:
-            region.mapping.close()
+        backends.release(self.regions)
+        self.regions = ()
+        self._views = []

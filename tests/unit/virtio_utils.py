@@ -206,3 +206,11 @@ def mmio_init(transport: BusDevice, queues: Sequence[DriverQueue], features: int
         mmio_setup_queue(transport, index, drv)
     mmio_write32(transport, mmio.STATUS, status | mmio.STATUS_DRIVER_OK)
     return mmio_read32(transport, mmio.STATUS)
+
+
+def copy_memory(mem: GuestMemory) -> GuestMemory:
+    """A copy of guest RAM, as a snapshot would carry it to a fresh VM."""
+    copy = GuestMemory.anonymous([(r.guest_addr, r.size) for r in mem.regions])
+    for region in mem.regions:
+        copy.write(region.guest_addr, mem.read(region.guest_addr, region.size))
+    return copy

@@ -23,12 +23,15 @@ technical reference.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Callable
+from typing import ClassVar
 
 from firelet.devices.interrupt import Interrupt
 from firelet.log import get_logger
+from firelet.records import RecordError
 
 log = get_logger(__name__)
 
@@ -92,6 +95,25 @@ CTRL_ALT_DEL = bytes((0x14, 0x11, 0xE0, 0x71, 0xE0, 0xF0, 0x71, 0xF0, 0x11, 0xF0
 
 #: Bytes the guest has not read yet; a keyboard flood beyond this is dropped.
 _QUEUE_CAP = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class I8042State:
+    """The controller's and the keyboard's state; ``queue`` is (byte, from AUX) waiting for the guest.
+
+    The count of reset requests is the VMM's, not the guest's, and stays out.
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    queue: tuple[tuple[int, bool], ...]
+    last: int
+    ctr: int
+    output_port: int
+    status_cmd: bool
+    pending_cmd: int | None
+    pending_kbd: int | None
+    scanset: int
 
 
 class I8042:
@@ -191,6 +213,29 @@ class I8042:
             fire = self._irq_for_head() if was_empty else None
         if fire is not None:
             fire.trigger()
+
+    # -- snapshots ------------------------------------------------------------
+    def save_state(self) -> I8042State:
+        with self._lock:
+            return I8042State(tuple(self._queue), self._last, self._ctr, self._output_port, self._status_cmd,
+                              self._pending_cmd, self._pending_kbd, self._scanset)
+
+    def restore_state(self, state: I8042State) -> None:
+        """Take ``state`` over. The guest's interrupt for a queued byte was raised before the snapshot
+        and lives on in the restored irqchip, so none is raised here."""
+        if len(state.queue) > _QUEUE_CAP:
+            raise RecordError(f"saved i8042 holds {len(state.queue)} bytes, more than its {_QUEUE_CAP}")
+        values = [b for b, _ in state.queue] + [state.last, state.ctr, state.output_port, state.scanset]
+        values += [v for v in (state.pending_cmd, state.pending_kbd) if v is not None]
+        if not all(0 <= v <= 0xFF for v in values):
+            raise RecordError("saved i8042 state has values that are not bytes")
+        if any(aux for _, aux in state.queue) and self._aux_interrupt is None:
+            raise RecordError("saved i8042 state has AUX bytes but this controller has no AUX port")
+        with self._lock:
+            self._queue = deque(state.queue)
+            self._last, self._ctr, self._output_port = state.last, state.ctr, state.output_port
+            self._status_cmd, self._pending_cmd, self._pending_kbd = state.status_cmd, state.pending_cmd, state.pending_kbd
+            self._scanset = state.scanset
 
     # -- internals (lock held) ----------------------------------------------
     def _status(self) -> int:

@@ -27,13 +27,15 @@ Register map and bits: PC16550D datasheet, and Linux include/uapi/linux/serial_r
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from firelet.devices.interrupt import Interrupt
 from firelet.devices.legacy.output import LineOutput, Sink
+from firelet.records import RecordError
 
 #: Port offsets from the base (0x3f8 for COM1). DLAB=1 turns 0/1 into DLL/DLM.
 DATA = 0  # RBR (read) / THR (write)
@@ -88,6 +90,30 @@ _MSR_DEFAULT = MSR_DCD | MSR_DSR | MSR_CTS
 _DEFAULT_DIVISOR = 12
 #: Receive queue capacity: the 16550A's 16-byte FIFO plus room for a pasted line.
 DEFAULT_INPUT_CAPACITY = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class SerialState:
+    """Every register the guest wrote, the bytes waiting for it, and a THRE interrupt not yet read.
+
+    The pending interrupts follow from these (received data while ``rx`` is not
+    empty, THRE while ``thre_pending``). Output still buffered on its way to the
+    sink and the byte counters belong to the host side and stay out.
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    ier: int
+    lcr: int
+    mcr: int
+    fcr: int
+    scr: int
+    dll: int
+    dlm: int
+    thre_pending: bool
+    rx: bytes
+
+
 class TxBatch(Protocol):
     """Where queued THR writes come from (firelet.vstate.coalesced.CoalescedPio)."""
 
@@ -242,6 +268,29 @@ class Serial:
             self._acked_since_poll = not waiting
         if fire:
             self._interrupt.trigger()
+
+    # -- snapshots ------------------------------------------------------------
+    def save_state(self) -> SerialState:
+        """The UART's state (queued THR writes are applied first: they are the guest's)."""
+        self.flush_batched()
+        with self._lock:
+            return SerialState(self._ier, self._lcr, self._mcr, self._fcr, self._scr, self._dll, self._dlm,
+                               self._thre_pending, bytes(self._rx))
+
+    def restore_state(self, state: SerialState) -> None:
+        """Take ``state`` over; a pending interrupt is raised again at the next :meth:`rearm_interrupt`."""
+        if len(state.rx) > self._capacity:
+            raise RecordError(f"saved UART holds {len(state.rx)} input bytes, more than its {self._capacity}")
+        registers = (state.ier, state.lcr, state.mcr, state.fcr, state.scr, state.dll, state.dlm)
+        if not all(0 <= value <= 0xFF for value in registers):
+            raise RecordError(f"saved UART registers {registers} are not all bytes")
+        with self._lock:
+            self._ier, self._lcr, self._mcr = state.ier & _IER_MASK, state.lcr, state.mcr & _MCR_MASK
+            self._fcr, self._scr, self._dll, self._dlm = state.fcr, state.scr, state.dll, state.dlm
+            self._thre_pending = state.thre_pending
+            self._rx = deque(state.rx)
+            self._acked_since_poll = False  # an edge raised before the snapshot may be lost
+            self._update_batching()
 
     @property
     def tx_bytes(self) -> int:

@@ -15,10 +15,11 @@ reads as zero: the window is the guest's to poke.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 #: Firecracker's MAGIC_VALUE_SIGNAL_GUEST_BOOT_COMPLETE (src/vmm/src/devices/pseudo/boot_timer.rs).
 BOOT_COMPLETE = 123
@@ -41,6 +42,19 @@ def boot_time_line(start: Timestamp, end: Timestamp) -> str:
     return f"Guest-boot-time = {wall:>6} us {wall // 1000} ms, {cpu:>6} CPU us {cpu // 1000} CPU ms"
 
 
+@dataclasses.dataclass(frozen=True)
+class BootTimerState:
+    """The boot-complete signals seen, as ``(wall_us, cpu_us)`` since the start.
+
+    The start itself is a moment of the saving process's clocks, meaningless in
+    another process: a restored timer keeps the start it was constructed with.
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    boot_times: tuple[tuple[int, int], ...]
+
+
 class BootTimer:
     """Reports each boot-complete signal through ``report`` (the VMM's log)."""
 
@@ -52,6 +66,14 @@ class BootTimer:
         self._lock = threading.Lock()
         #: Each signal's time since the start, ``(wall_us, cpu_us)`` (a guest may signal more than once).
         self.boot_times: list[Timestamp] = []
+
+    def save_state(self) -> BootTimerState:
+        with self._lock:
+            return BootTimerState(tuple((t.wall_us, t.cpu_us) for t in self.boot_times))
+
+    def restore_state(self, state: BootTimerState) -> None:
+        with self._lock:
+            self.boot_times = [Timestamp(wall, cpu) for wall, cpu in state.boot_times]
 
     def read(self, offset: int, data: memoryview) -> None:
         data[:] = bytes(len(data))

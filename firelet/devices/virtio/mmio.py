@@ -11,12 +11,15 @@ when a queue's ioeventfd fires), so the two never race on a queue.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import threading
+from typing import ClassVar
 
 from firelet.devices.interrupt import Interrupt
 from firelet.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
-from firelet.devices.virtio.queue import Queue
+from firelet.devices.virtio.queue import Queue, QueueState
+from firelet.records import RecordError
 from firelet.log import get_logger
 from firelet.memory.guest import GuestMemory
 
@@ -72,6 +75,27 @@ _QUEUE_ADDR_REGS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class MmioTransportState:
+    """The transport's registers, its queues, and whether the device behind it was activated.
+
+    Restore the device's own state first, then this (which re-activates the device).
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    device_type: int
+    status: int
+    device_features_sel: int
+    driver_features_sel: int
+    driver_features: int
+    queue_sel: int
+    interrupt_status: int
+    config_generation: int
+    device_activated: bool
+    queues: tuple[QueueState, ...]
+
+
 class MmioTransport:
     """A virtio device behind virtio-mmio registers; a bus device for its window.
 
@@ -103,6 +127,57 @@ class MmioTransport:
     @property
     def queue_count(self) -> int:
         return len(self.queues)
+
+    # -- snapshots ----------------------------------------------------------------
+    def save_state(self) -> MmioTransportState:
+        with self.lock, self._isr_lock:
+            return MmioTransportState(
+                self.device.device_type, self.status, self.device_features_sel, self.driver_features_sel,
+                self.driver_features, self.queue_sel, self.interrupt_status, self.config_generation,
+                self.device.activated, tuple(q.save_state() for q in self.queues),
+            )
+
+    def restore_state(self, state: MmioTransportState) -> None:
+        """Take ``state`` over; the device's own state must have been restored already.
+
+        A device that was active is activated again, after the same checks as at
+        DRIVER_OK. A pending interrupt status is raised again at the next
+        :meth:`rearm_interrupt` unless the driver acknowledges it first.
+        """
+        if state.device_type != self.device.device_type or len(state.queues) != len(self.queues):
+            raise RecordError(
+                f"saved virtio-mmio state is for device type {state.device_type} with {len(state.queues)} queues, "
+                f"not type {self.device.device_type} with {len(self.queues)}"
+            )
+        widths = {"status": 8, "device_features_sel": 32, "driver_features_sel": 32, "driver_features": 64,
+                  "queue_sel": 32, "interrupt_status": 32, "config_generation": 32}
+        for name, bits in widths.items():
+            if not 0 <= getattr(state, name) < 1 << bits:
+                raise RecordError(f"saved virtio-mmio {name} {getattr(state, name)} does not fit its {bits}-bit register")
+        features_ok = bool(state.status & STATUS_FEATURES_OK)
+        if features_ok and self.device.acked_features != state.driver_features:
+            raise RecordError(
+                f"saved virtio-mmio features {state.driver_features:#x} differ from the device's "
+                f"{self.device.acked_features:#x}; restore the device's state first"
+            )
+        staged = [Queue(q.max_size) for q in self.queues]  # checked before anything is changed
+        for queue, queue_state in zip(staged, state.queues):
+            queue.restore_state(queue_state)
+        ready = [q for q in staged if q.ready]
+        if state.device_activated and not (features_ok and ready and all(q.is_valid(self.mem) for q in ready)):
+            raise RecordError("saved virtio-mmio state has an active device with invalid queues")
+        with self.lock:
+            for queue, queue_state in zip(self.queues, state.queues):
+                queue.restore_state(queue_state)
+            with self._isr_lock:
+                self.interrupt_status = state.interrupt_status
+                self.config_generation = state.config_generation
+                self._acked_since_poll = self.interrupt_status == 0
+            self.status = state.status
+            self.device_features_sel, self.driver_features_sel = state.device_features_sel, state.driver_features_sel
+            self.driver_features, self.queue_sel = state.driver_features, state.queue_sel
+            if state.device_activated and not self.device.activated:
+                self.device.activate(self.mem, self.queues, self)
 
     # -- InterruptSignal ------------------------------------------------------
     def signal_used_queue(self) -> None:

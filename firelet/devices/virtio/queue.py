@@ -14,13 +14,15 @@ instruction is one, and acquiring a ``threading.Lock`` executes one.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import struct
 import threading
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 from firelet.memory.guest import GuestMemory
+from firelet.records import RecordError
 
 # §2.7.5 The Virtqueue Descriptor Table.
 VIRTQ_DESC_F_NEXT = 1
@@ -117,6 +119,30 @@ class DescriptorChain:
         return [d for d in self.descriptors if d.write]
 
 
+@dataclasses.dataclass(frozen=True)
+class QueueState:
+    """A queue as the driver configured it and the device's position in its rings.
+
+    The rings themselves are guest memory, saved with it; ``signalled_used`` is
+    None until the first notification decision.
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    max_size: int
+    size: int
+    ready: bool
+    desc_table: int
+    avail_ring: int
+    used_ring: int
+    event_idx: bool
+    indirect: bool
+    next_avail: int
+    next_used: int
+    signalled_used: int | None
+    broken: bool
+
+
 class Queue:
     """One split virtqueue's configuration and the device's position in it."""
 
@@ -139,6 +165,29 @@ class Queue:
         self.next_used = 0
         self.signalled_used: int | None = None
         self.broken = False  # the driver misbehaved beyond one request: needs reset
+
+    def save_state(self) -> QueueState:
+        return QueueState(
+            self.max_size, self.size, self.ready, self.desc_table, self.avail_ring, self.used_ring,
+            self.event_idx, self.indirect, self.next_avail, self.next_used, self.signalled_used, self.broken,
+        )
+
+    def restore_state(self, state: QueueState) -> None:
+        """Take ``state`` over; the transport checks the rings of an active device as at DRIVER_OK."""
+        if state.max_size != self.max_size:
+            raise RecordError(f"saved queue has {state.max_size} entries at most, this device's queue {self.max_size}")
+        for name in ("size", "desc_table", "avail_ring", "used_ring"):
+            if not 0 <= getattr(state, name) < 1 << 64:
+                raise RecordError(f"saved queue {name} {getattr(state, name)} is out of range")
+        for name in ("next_avail", "next_used", "signalled_used"):
+            value = getattr(state, name)
+            if value is not None and not 0 <= value <= 0xFFFF:
+                raise RecordError(f"saved queue {name} {value} is not a 16-bit ring index")
+        self.size, self.ready = state.size, state.ready
+        self.desc_table, self.avail_ring, self.used_ring = state.desc_table, state.avail_ring, state.used_ring
+        self.event_idx, self.indirect = state.event_idx, state.indirect
+        self.next_avail, self.next_used, self.signalled_used = state.next_avail, state.next_used, state.signalled_used
+        self.broken = state.broken
 
     def set_features(self, features: int) -> None:
         """Take the ring features the driver accepted."""

@@ -9,11 +9,13 @@ status, a chain that has no place for a status is returned with length 0.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import struct
 import threading
 from collections.abc import Callable, Sequence
+from typing import ClassVar
 
 from firelet.devices.virtio.block.request import (
     SECTOR_SHIFT,
@@ -35,6 +37,7 @@ from firelet.devices.virtio.queue import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_
 from firelet.errors import FireletError
 from firelet.log import get_logger
 from firelet.memory.guest import GuestMemory
+from firelet.records import RecordError
 
 log = get_logger(__name__)
 
@@ -67,6 +70,25 @@ class BlockMetrics:
         self.get_id_ops = 0
         self.failures = 0  # requests completed with IOERR or UNSUPP
         self.dropped = 0  # chains returned with length 0 (malformed, no header, no status)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockState:
+    """What a drive decided and the driver accepted; its queues are in the transport's state.
+
+    ``path`` and ``read_only`` say which image to open again; ``capacity`` (in
+    sectors) is what the guest was told, so a restore refuses an image of
+    another size. The metrics are counters of this process, not of the guest,
+    and stay out (as in Firecracker's snapshots).
+    """
+
+    VERSION: ClassVar[int] = 1
+
+    path: str
+    read_only: bool
+    drive_id: bytes
+    capacity: int
+    acked_features: int
 
 
 class Block(VirtioDeviceBase):
@@ -114,6 +136,24 @@ class Block(VirtioDeviceBase):
             if self._fd >= 0:
                 _flush_and_close(self._fd, self.read_only)
                 self._fd = -1
+
+    # -- snapshots --------------------------------------------------------------------
+    def save_state(self) -> BlockState:
+        with self._lock:
+            return BlockState(self.path, self.read_only, self.drive_id, self.capacity, self.acked_features)
+
+    def restore_state(self, state: BlockState) -> None:
+        """Take ``state`` over on a device opened on the saved image (the transport re-activates it)."""
+        if state.read_only != self.read_only or state.capacity != self.capacity:
+            raise RecordError(
+                f"drive image {self.path} ({self.capacity} sectors, {'read-only' if self.read_only else 'read-write'}) "
+                f"is not the saved one ({state.capacity} sectors, {'read-only' if state.read_only else 'read-write'})"
+            )
+        if state.drive_id != self.drive_id:
+            raise RecordError(f"drive id {self.drive_id!r} differs from the saved {state.drive_id!r}")
+        if state.acked_features & ~self.avail_features:
+            raise RecordError(f"saved drive features {state.acked_features:#x} were never offered ({self.avail_features:#x})")
+        self.acked_features = state.acked_features
 
     def activate(self, mem: GuestMemory, queues: Sequence[Queue], interrupt: InterruptSignal) -> None:
         super().activate(mem, queues, interrupt)
