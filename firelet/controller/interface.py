@@ -9,18 +9,13 @@ the API from answering.
 The real backend is ``firelet.controller.vmm_controller.VmmController`` (built with
 ``VmmController(instance_id=...)`` when ``InstanceStart`` arrives); before
 that, the API itself holds the configuration and answers for the VM.
-:class:`CallQueue` is a ready-made ``submit`` for an event loop built on
-``selectors``/``epoll``: register :meth:`CallQueue.fileno` and call
-:meth:`CallQueue.run_pending` when it is readable.
 """
 
 from __future__ import annotations
 
-import os
-import queue
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 
 from firelet.errors import FireletError
 
@@ -103,54 +98,3 @@ class VmmBackend(Protocol):
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the VM has ended and return the VMM's exit code, or None on timeout."""
         ...
-
-
-class CallQueue:
-    """A thread-safe ``submit`` for a single-threaded event loop, woken through an eventfd."""
-
-    def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]]] = queue.SimpleQueue()
-        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-
-    def fileno(self) -> int:
-        """Readable when calls are waiting: register it with the loop's selector."""
-        return self._wake_fd
-
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        future: Future[T] = Future()
-        self._calls.put((fn, future))
-        os.eventfd_write(self._wake_fd, 1)
-        return future
-
-    def run_pending(self) -> int:
-        """Run every waiting call on the calling (event loop) thread; returns how many ran."""
-        try:
-            os.eventfd_read(self._wake_fd)
-        except BlockingIOError:
-            pass
-        ran = 0
-        while True:
-            try:
-                fn, future = self._calls.get_nowait()
-            except queue.Empty:
-                return ran
-            ran += 1
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(fn())
-            except BaseException as exc:  # handed to the API thread, never raised in the loop
-                future.set_exception(exc)
-
-    def close(self) -> None:
-        """Fail calls still waiting, and release the eventfd."""
-        while True:
-            try:
-                _, future = self._calls.get_nowait()
-            except queue.Empty:
-                break
-            if future.set_running_or_notify_cancel():
-                future.set_exception(BackendError("the VMM has stopped"))
-        if self._wake_fd >= 0:
-            os.close(self._wake_fd)
-            self._wake_fd = -1

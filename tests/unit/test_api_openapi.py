@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import checks as st_checks
 
 from firelet.api import routes
+from firelet.api.resources import logger_metrics
 from firelet.api.routes import Api
 
 SPEC = Path(routes.__file__).with_name("openapi.json")
@@ -85,7 +86,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[requests.Sessi
     sock = tmp_path_factory.mktemp("openapi") / "api.sock"
     api = Api(instance_id="schemathesis", backend_factory=FakeBackend)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(routes, "MetricsWriter", _NoFileMetrics)
+        mp.setattr(logger_metrics, "MetricsWriter", _NoFileMetrics)
         mp.setattr("firelet.logs.FirecrackerLogHandler", _NoFileLog)
         mp.setattr("firelet.logs.install", lambda handler: None)
         with serve(api, sock):
@@ -116,4 +117,4 @@ def test_document_covers_every_route() -> None:
         (method.upper(), path.replace("{drive_id}", "{id}").replace("{iface_id}", "{id}"))
         for path, ops in doc["paths"].items() for method in ops
     }
-    assert documented == set(routes._ROUTES)
+    assert documented == set(routes.route_table().routes)

@@ -12,7 +12,8 @@ import pytest
 from api_fake_backend import FakeBackend, call, serve
 
 from firelet.controller.interface import BackendError
-from firelet.api.routes import NOT_AFTER_BOOT, NOT_BEFORE_BOOT, Api
+from firelet.api.routes import Api
+from firelet.api.routing import NOT_AFTER_BOOT, NOT_BEFORE_BOOT
 from firelet.metrics import Metrics
 
 KERNEL = {"kernel_image_path": "/k/vmlinux", "boot_args": "console=ttyS0"}
@@ -313,9 +314,9 @@ def test_vm_config_matches_config_file_shape(vm: Harness) -> None:
 
 def test_a_wedged_vmm_call_times_out_and_the_api_keeps_answering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Like Firecracker, the API waits for the VMM one request at a time, but never forever."""
-    from firelet.api import routes
+    from firelet.api import context
 
-    monkeypatch.setattr(routes, "CALL_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(context, "CALL_TIMEOUT_S", 0.2)
     release = threading.Event()
     fake = FakeBackend()
     harness = Harness(tmp_path, fake)

@@ -1,0 +1,44 @@
+"""``PUT /logger`` and ``PUT /metrics``: where the log and the metrics lines go (pre-boot only)."""
+
+from __future__ import annotations
+
+from firelet.api.context import ApiContext
+from firelet.api.routing import Fault, RouteTable, no_content
+from firelet.api.server import Request, Response
+from firelet.config import model as cfg
+from firelet.metrics import MetricsWriter
+
+routes = RouteTable()
+
+
+@routes.route("PUT", "/logger", "logger")
+def put_logger(api: ApiContext, req: Request, _: str) -> Response:
+    api.preboot()
+    logger = api.body(req, cfg.Logger)
+    if logger.log_path:
+        from firelet import logs
+
+        try:
+            handler = logs.FirecrackerLogHandler(
+                logger.log_path, api.instance_id, level=logger.level or "Info",
+                show_level=bool(logger.show_level), show_log_origin=bool(logger.show_log_origin),
+                module=logger.module)
+        except OSError as exc:
+            raise Fault(f"Cannot open the log path {logger.log_path}: {exc.strerror}.") from None
+        logs.install(handler)
+    api.update(logger=logger)
+    return no_content()
+
+
+@routes.route("PUT", "/metrics", "metrics")
+def put_metrics(api: ApiContext, req: Request, _: str) -> Response:
+    api.preboot()
+    metrics = api.body(req, cfg.Metrics)
+    if api.metrics_writer is not None:
+        raise Fault("Metrics are already configured; they can be set up only once.")
+    try:
+        api.metrics_writer = MetricsWriter(metrics.metrics_path, api.metrics)
+    except OSError as exc:
+        raise Fault(f"Cannot open the metrics path {metrics.metrics_path}: {exc.strerror}.") from None
+    api.update(metrics=metrics)
+    return no_content()

@@ -1,0 +1,17 @@
+"""``PUT /serial``: where the serial console's output goes (pre-boot only)."""
+
+from __future__ import annotations
+
+from firelet.api.context import ApiContext
+from firelet.api.routing import RouteTable, no_content
+from firelet.api.server import Request, Response
+from firelet.config import model as cfg
+
+routes = RouteTable()
+
+
+@routes.route("PUT", "/serial", "serial")
+def put_serial(api: ApiContext, req: Request, _: str) -> Response:
+    api.preboot()
+    api.update(serial=api.body(req, cfg.SerialConfig))
+    return no_content()
