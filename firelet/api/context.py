@@ -21,6 +21,7 @@ from firelet.config import model as cfg
 from firelet.controller.interface import BackendError, VmmBackend
 from firelet.errors import FireletError
 from firelet.metrics import METRICS, Metrics, MetricsWriter
+from firelet.mmds.store import MmdsStore
 
 T = TypeVar("T")
 
@@ -40,8 +41,8 @@ class ApiContext:
         self.started = threading.Event()
         self.metrics = metrics
         self.metrics_writer: MetricsWriter | None = None
-        self.mmds: dict[str, Any] | None = None
-        self.mmds_size_limit = mmds_size_limit
+        #: The metadata store; the API fills it, the VMM's MMDS network stack will read it.
+        self.mmds = MmdsStore(mmds_size_limit)
         self._backend_factory = backend_factory
 
     @property

@@ -34,7 +34,7 @@ _RECV_CHUNK = 65536
 _METHODS = frozenset({"GET", "PUT", "PATCH", "POST", "DELETE", "HEAD", "OPTIONS"})
 # RFC 9110 §15 reason phrases for the codes we send.
 _REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request",
-            404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+            404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class Request:

@@ -234,9 +234,11 @@ def test_mmds_size_limit(tmp_path: Path) -> None:
     api = Api(instance_id="x", backend_factory=lambda: fake, mmds_size_limit=64)
     sock = tmp_path / "s"
     with serve(api, sock):
-        assert call(sock, "PUT", "/mmds", {"k": "v" * 100})[0] == 400
+        status, body = call(sock, "PUT", "/mmds", {"k": "v" * 100})
+        assert status == 413 and body["fault_message"].startswith(
+            "MMDS limit exceeded error: The MMDS patch request doesn't fit.")
         assert call(sock, "PUT", "/mmds", {"k": "v"})[0] == 204
-        assert call(sock, "PATCH", "/mmds", {"k2": "v" * 100})[0] == 400
+        assert call(sock, "PATCH", "/mmds", {"k2": "v" * 100})[0] == 413
         assert call(sock, "GET", "/mmds") == (200, {"k": "v"})
 
 
