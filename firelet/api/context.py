@@ -8,6 +8,7 @@ never touches VMM state. The VMM is reached only through
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -24,9 +25,18 @@ from firelet.metrics import METRICS, Metrics, MetricsWriter
 from firelet.mmds.store import MmdsStore
 
 T = TypeVar("T")
+log = logging.getLogger("firelet.api")
+
+#: Firecracker's prefix for a body that does not decode (its ``RequestError::SerdeJson``).
+BAD_BODY = "An error occurred when deserializing the json body of a request"
 
 #: How long the API waits for the event loop before reporting the VMM as unresponsive.
 CALL_TIMEOUT_S = 30.0
+
+
+def not_supported(what: str) -> Fault:
+    """A 400 for a feature firelet lacks, in Firecracker's ``NotSupported`` words plus which and why."""
+    return Fault(f"The requested operation is not supported: {what} not supported by firelet yet.")
 
 
 class ApiContext:
@@ -44,6 +54,8 @@ class ApiContext:
         #: The metadata store; the API fills it, the VMM's MMDS network stack will read it.
         self.mmds = MmdsStore(mmds_size_limit)
         self._backend_factory = backend_factory
+        #: Deprecation notes of the request being answered (one API thread: no lock).
+        self.deprecations: list[str] = []
 
     @property
     def state(self) -> str:
@@ -52,11 +64,16 @@ class ApiContext:
     def body(self, req: Request, type_: type[T]) -> T:
         """The request body decoded as ``type_``; a 400 naming the field when it is not one."""
         if not req.body.strip():
-            raise Fault(f"Empty request body: this endpoint expects a JSON {type_.__name__}.")
+            raise Fault(f"Empty {req.method} request. This endpoint expects a JSON {type_.__name__}.")
         try:
             return cfg.decode_json(req.body, type_)
         except cfg.ConfigError as exc:
-            raise Fault(f"Invalid request body: {exc}") from None
+            raise Fault(f"{BAD_BODY}: {exc}.") from None
+
+    def deprecate(self, message: str) -> None:
+        """Firecracker's answer to a deprecated field: a warning in the log, ``Deprecation: true`` on the answer."""
+        log.warning("%s", message)
+        self.deprecations.append(message)
 
     def preboot(self) -> None:
         if self.started.is_set():

@@ -22,7 +22,9 @@ from firelet.api.resources import (
     logger_metrics,
     machine,
     mmds,
+    hotplug,
     network,
+    pmem,
     serial,
     snapshot,
     vm,
@@ -34,8 +36,8 @@ from firelet.errors import FireletError
 
 log = logging.getLogger("firelet.api")
 
-RESOURCES = (instance, boot, machine, drives, network, vsock, entropy, balloon, mmds,
-             cpu_config, serial, logger_metrics, actions, vm, snapshot)
+RESOURCES = (instance, boot, machine, drives, pmem, network, vsock, entropy, balloon, hotplug,
+             mmds, cpu_config, serial, logger_metrics, actions, vm, snapshot)
 
 
 @functools.cache
@@ -56,12 +58,17 @@ class Api(ApiContext):
         route, ident = found
         area = self._area(req.method)
         area.add(f"{route.metric}_count")
+        self.deprecations.clear()
         try:
+            if req.method == "GET" and req.body.strip():
+                raise Fault("GET request cannot have a body.")
             response = route.handler(self, req, ident)
         except Fault as exc:
             response = fault(str(exc), exc.status)
         except FireletError as exc:
             response = fault(str(exc))
+        if self.deprecations:  # on refusals too, as Firecracker does
+            response.headers = {**(response.headers or {}), "Deprecation": "true"}
         if response.status >= 400:
             area.add(f"{route.metric}_fails")
             log.info("API %s %s refused: %s", req.method, req.path, response.body[:200])

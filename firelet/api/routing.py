@@ -105,7 +105,8 @@ def no_content() -> Response:
 def same_id(path_id: str, body_id: str) -> None:
     """Firecracker's rule: the id in the path names the resource the body describes."""
     if path_id != body_id:
-        raise Fault(f"The id from the path [{path_id}] does not match the id from the body [{body_id}].")
+        raise Fault(f"The id from the path does not match the id from the body! "
+                    f"(path: [{path_id}], body: [{body_id}])")
 
 
 def replace_by(items: list[T], new: T, attr: str) -> list[T]:

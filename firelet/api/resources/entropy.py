@@ -1,9 +1,9 @@
-"""``PUT /entropy``: a virtio-rng entropy device (pre-boot only)."""
+"""``PUT /entropy``: a virtio-rng device (pre-boot only); firelet has none yet, so it is refused."""
 
 from __future__ import annotations
 
-from firelet.api.context import ApiContext
-from firelet.api.routing import RouteTable, no_content
+from firelet.api.context import ApiContext, not_supported
+from firelet.api.routing import RouteTable
 from firelet.api.server import Request, Response
 from firelet.config import model as cfg
 
@@ -12,6 +12,6 @@ routes = RouteTable()
 
 @routes.route("PUT", "/entropy", "entropy")
 def put_entropy(api: ApiContext, req: Request, _: str) -> Response:
+    api.body(req, cfg.Entropy)
     api.preboot()
-    api.update(entropy=api.body(req, cfg.Entropy))
-    return no_content()
+    raise not_supported("the entropy device (virtio-rng) is")

@@ -6,7 +6,7 @@ from firelet import __version__
 from firelet.api.context import ApiContext
 from firelet.api.routing import RouteTable, ok
 from firelet.api.server import Request, Response
-from firelet.config import model as cfg
+from firelet.config.export import full_vm_configuration
 
 APP_NAME = "firelet"
 
@@ -25,4 +25,4 @@ def get_version(api: ApiContext, req: Request, _: str) -> Response:
 
 @routes.route("GET", "/vm/config", "vm_config")
 def get_vm_config(api: ApiContext, req: Request, _: str) -> Response:
-    return Response(200, cfg.encode_config(api.config))
+    return ok(full_vm_configuration(api.config))

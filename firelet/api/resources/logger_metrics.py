@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from firelet.api.context import ApiContext
+from firelet.api.context import ApiContext, not_supported
 from firelet.api.routing import Fault, RouteTable, no_content
 from firelet.api.server import Request, Response
 from firelet.config import model as cfg
@@ -13,8 +13,8 @@ routes = RouteTable()
 
 @routes.route("PUT", "/logger", "logger")
 def put_logger(api: ApiContext, req: Request, _: str) -> Response:
-    api.preboot()
     logger = api.body(req, cfg.Logger)
+    api.preboot()
     if logger.log_path:
         from firelet import logs
 
@@ -32,8 +32,12 @@ def put_logger(api: ApiContext, req: Request, _: str) -> Response:
 
 @routes.route("PUT", "/metrics", "metrics")
 def put_metrics(api: ApiContext, req: Request, _: str) -> Response:
-    api.preboot()
     metrics = api.body(req, cfg.Metrics)
+    api.preboot()
+    if metrics.emit_id:
+        raise not_supported("the instance id in metrics lines (metrics emit_id) is")
+    if metrics.properties:
+        raise not_supported("metrics properties are")
     if api.metrics_writer is not None:
         raise Fault("Metrics are already configured; they can be set up only once.")
     try:

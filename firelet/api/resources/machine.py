@@ -1,10 +1,17 @@
-"""``/machine-config``: vCPUs and memory (GET any time; PUT and PATCH pre-boot only)."""
+"""``/machine-config``: vCPUs and memory (GET any time; PUT and PATCH pre-boot only).
+
+``cpu_template`` is deprecated in Firecracker: it is answered with a
+``Deprecation`` header; "None" is the same as leaving it out, any real
+template is refused (firelet cannot apply one yet), and so is ``smt``.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from firelet.api.context import ApiContext
+import msgspec
+
+from firelet.api.context import BAD_BODY, ApiContext, not_supported
 from firelet.api.routing import Fault, RouteTable, no_content, ok
 from firelet.api.server import Request, Response
 from firelet.config import model as cfg
@@ -19,20 +26,36 @@ def get_machine_config(api: ApiContext, req: Request, _: str) -> Response:
 
 @routes.route("PUT", "/machine-config", "machine_cfg")
 def put_machine_config(api: ApiContext, req: Request, _: str) -> Response:
+    machine = api.body(req, cfg.MachineConfig)
     api.preboot()
-    api.update(machine_config=api.body(req, cfg.MachineConfig))
+    _apply(api, "PUT", machine)
     return no_content()
 
 
 @routes.route("PATCH", "/machine-config", "machine_cfg")
 def patch_machine_config(api: ApiContext, req: Request, _: str) -> Response:
     """Merged over the current configuration and checked as a whole, as Firecracker does."""
-    api.preboot()
     patch = api.body(req, dict[str, Any])
+    api.preboot()
     merged = {**cfg.to_builtins(api.config.machine_config), **patch}
     try:
         machine = cfg.convert(merged, cfg.MachineConfig)
     except cfg.ConfigError as exc:
-        raise Fault(f"Invalid request body: {exc}") from None
-    api.update(machine_config=machine)
+        raise Fault(f"{BAD_BODY}: {exc}.") from None
+    _apply(api, "PATCH", machine)
     return no_content()
+
+
+def _apply(api: ApiContext, method: str, machine: cfg.MachineConfig) -> None:
+    # The stored configuration never holds a template, so one here came with this request.
+    if machine.cpu_template is not msgspec.UNSET:
+        api.deprecate(f"{method} /machine-config: cpu_template field is deprecated.")
+    if machine.cpu_template not in (msgspec.UNSET, "None"):
+        raise not_supported("CPU templates (machine-config cpu_template) are")
+    if machine.smt:
+        raise not_supported("simultaneous multithreading (machine-config smt) is")
+    balloon = api.config.balloon
+    if balloon is not None and machine.mem_size_mib < balloon.amount_mib:
+        raise Fault("Machine config error: The memory size (MiB) is smaller than the previously set balloon "
+                    f"device target size ({machine.mem_size_mib} < {balloon.amount_mib} MiB).")
+    api.update(machine_config=msgspec.structs.replace(machine, cpu_template=msgspec.UNSET))

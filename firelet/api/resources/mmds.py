@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from firelet.api.context import ApiContext
+from firelet.api.context import ApiContext, not_supported
 from firelet.api.routing import Fault, RouteTable, no_content, ok
 from firelet.api.server import Request, Response
 from firelet.config import model as cfg
@@ -44,6 +44,15 @@ def _apply(store: MmdsStore, operation: Callable[[Any], None], document: Any) ->
 
 @routes.route("PUT", "/mmds/config", "mmds_config")
 def put_mmds_config(api: ApiContext, req: Request, _: str) -> Response:
+    config = api.body(req, cfg.MmdsConfig)
     api.preboot()
-    api.update(mmds_config=api.body(req, cfg.MmdsConfig))
-    return no_content()
+    # Firecracker's MmdsConfigError texts, in its order of checks.
+    if not config.network_interfaces:
+        raise Fault("MMDS config error: The list of network interface IDs that allow forwarding MMDS requests "
+                    "is empty.")
+    known = {n.iface_id for n in api.config.network_interfaces}
+    unknown = [i for i in config.network_interfaces if i not in known]
+    if unknown:
+        raise Fault("MMDS config error: The list of network interface IDs provided contains at least one ID that "
+                    f"does not correspond to any existing network interface ({', '.join(unknown)}).")
+    raise not_supported("the MMDS network stack is")

@@ -12,8 +12,8 @@ routes = RouteTable()
 
 @routes.route("PUT", "/snapshot/create", "snapshot_create")
 def put_snapshot_create(api: ApiContext, req: Request, _: str) -> Response:
-    backend = api.postboot()
     params = api.body(req, bodies.SnapshotCreateParams)
+    backend = api.postboot()
     if backend.state != "Paused":
         raise Fault("The microVM must be paused (PATCH /vm Paused) before a snapshot is created.")
     api.call(lambda: backend.create_snapshot(params))
@@ -22,11 +22,16 @@ def put_snapshot_create(api: ApiContext, req: Request, _: str) -> Response:
 
 @routes.route("PUT", "/snapshot/load", "snapshot_load")
 def put_snapshot_load(api: ApiContext, req: Request, _: str) -> Response:
-    api.preboot()
     params = api.body(req, bodies.SnapshotLoadParams)
+    if params.mem_file_path is not None:
+        api.deprecate("PUT /snapshot/load: mem_file_path field is deprecated.")
+    if params.enable_diff_snapshots is not None:
+        api.deprecate("PUT /snapshot/load: enable_diff_snapshots field is deprecated.")
+    api.preboot()
     c = api.config
     if c.boot_source is not None or c.drives or c.network_interfaces or c.vsock is not None:
-        raise Fault("Loading a snapshot is not allowed after configuring boot-specific resources.")
+        raise Fault("Load snapshot error: Loading a microVM snapshot not allowed after configuring "
+                    "boot-specific resources.")
     backend = api.create_backend()
     api.backend = backend  # so that api.call reaches it; undone if the load fails
     try:

@@ -12,7 +12,7 @@ routes = RouteTable()
 
 @routes.route("PATCH", "/vm", "vm")
 def patch_vm(api: ApiContext, req: Request, _: str) -> Response:
-    backend = api.postboot()
     wanted = api.body(req, bodies.VmState).state
+    backend = api.postboot()
     api.call(backend.pause if wanted == "Paused" else backend.resume)
     return no_content()

@@ -1,9 +1,9 @@
-"""``PUT /vsock``: a vsock device (pre-boot only)."""
+"""``PUT /vsock``: a virtio-vsock device (pre-boot only); firelet has none yet, so it is refused."""
 
 from __future__ import annotations
 
-from firelet.api.context import ApiContext
-from firelet.api.routing import RouteTable, no_content
+from firelet.api.context import ApiContext, not_supported
+from firelet.api.routing import RouteTable
 from firelet.api.server import Request, Response
 from firelet.config import model as cfg
 
@@ -12,6 +12,8 @@ routes = RouteTable()
 
 @routes.route("PUT", "/vsock", "vsock")
 def put_vsock(api: ApiContext, req: Request, _: str) -> Response:
+    vsock = api.body(req, cfg.Vsock)
     api.preboot()
-    api.update(vsock=api.body(req, cfg.Vsock))
-    return no_content()
+    if vsock.vsock_id is not None:
+        api.deprecate("PUT /vsock: vsock_id field is deprecated.")
+    raise not_supported("the vsock device is")
