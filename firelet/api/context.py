@@ -114,5 +114,5 @@ class ApiContext:
         if close is not None:
             try:
                 close()
-            except Exception:  # noqa: BLE001 - already failing; the start error is what the client needs
-                pass
+            except Exception:  # already failing: the start error is what the client needs
+                log.debug("releasing a failed backend failed too", exc_info=True)

@@ -62,7 +62,7 @@ BODIES: dict[str, Any] = {
     "Vsock": model.Vsock,
 }
 #: Sections of ``GET /vm/config`` (:func:`firelet.config.export.full_vm_configuration`) and their schemas.
-FULL_VM_SECTIONS = {
+FULL_VM_SECTIONS: dict[str, str | list[str]] = {
     "balloon": "Balloon", "drives": ["Drive"], "boot-source": "BootSource", "cpu-config": "CpuConfig",
     "logger": "Logger", "machine-config": "MachineConfiguration", "metrics": "Metrics",
     "memory-hotplug": "MemoryHotplugConfig", "mmds-config": "MmdsConfig", "network-interfaces": ["NetworkInterface"],
@@ -77,6 +77,13 @@ _STRUCT_NAMES = {struct.__name__: name for name, struct in BODIES.items()}
 
 def _ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _section(ref: str | list[str]) -> dict[str, Any]:
+    """A list section (``drives``) is an array, any other a nullable object."""
+    if isinstance(ref, list):
+        return {"type": "array", "items": _ref(ref[0])}
+    return {"nullable": True, "allOf": [_ref(ref)]}
 
 
 def _oas30(node: Any) -> Any:
@@ -136,9 +143,7 @@ def schemas(fc: dict[str, Any]) -> dict[str, Any]:
         "type": "object", "additionalProperties": False, "required": sorted(FULL_VM_SECTIONS),
         "description": "Every section, as Firecracker reports it: null or [] when absent; logger, metrics and "
                        "cpu-config are always null.",
-        "properties": {key: ({"type": "array", "items": _ref(ref[0])} if isinstance(ref, list)
-                             else {"nullable": True, "allOf": [_ref(ref)]})
-                       for key, ref in FULL_VM_SECTIONS.items()},
+        "properties": {key: _section(ref) for key, ref in FULL_VM_SECTIONS.items()},
     }
     return dict(sorted(out.items()))
 

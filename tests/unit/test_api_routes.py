@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from api_fake_backend import FakeBackend, call, raw_exchange, request_bytes, serve
 
-from firelet.config.model import Balloon, NetworkInterface, VmConfig
-from firelet.controller.interface import BackendError
 from firelet.api.routes import Api
 from firelet.api.routing import NOT_AFTER_BOOT, NOT_BEFORE_BOOT
+from firelet.config.model import Balloon, NetworkInterface, VmConfig
+from firelet.controller.interface import BackendError
 from firelet.metrics import Metrics
 
 #: Real files the PUTs name (Firecracker opens them at the PUT); made in every test's directory.
@@ -150,7 +150,7 @@ def test_deprecated_fields_get_a_deprecation_header_and_a_warning(vm: Harness, c
     with caplog.at_level(logging.WARNING, logger="firelet.api"):
         head, _ = _exchange(vm, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 128, "cpu_template": "None"})
         assert head.startswith(b"HTTP/1.1 204") and b"\r\nDeprecation: true\r\n" in head
-        head, body = _exchange(vm, "PUT", "/vsock", {"guest_cid": 3, "uds_path": "/v", "vsock_id": "v"})
+        head, _ = _exchange(vm, "PUT", "/vsock", {"guest_cid": 3, "uds_path": "/v", "vsock_id": "v"})
         assert head.startswith(b"HTTP/1.1 400") and b"\r\nDeprecation: true\r\n" in head  # refused, still told
         head, _ = _exchange(vm, "PUT", "/snapshot/load", {"snapshot_path": "/s", "mem_file_path": "/m"})
         assert b"\r\nDeprecation: true\r\n" in head

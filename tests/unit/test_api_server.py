@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from api_fake_backend import FakeBackend, call, parse_response, raw_exchange, request_bytes, serve
+from api_fake_backend import (
+    FakeBackend,
+    call,
+    parse_response,
+    raw_exchange,
+    request_bytes,
+    serve,
+)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -46,7 +46,7 @@ def test_an_unconfigured_vm_reports_every_section(api: tuple[Api, Path]) -> None
 
 
 def test_drives_carry_firecrackers_defaults_and_logger_metrics_are_null(api: tuple[Api, Path]) -> None:
-    a, tmp = api
+    _, tmp = api
     sock = tmp / "api.sock"
     for name in ("vmlinux", "root.ext4", "data.ext4"):
         (tmp / name).write_bytes(b"\0" * 1024)
