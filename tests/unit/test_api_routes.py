@@ -413,7 +413,7 @@ def test_logger_and_metrics_and_flush(vm: Harness) -> None:
     log_path, metrics_path = vm.tmp / "fc.log", vm.tmp / "fc.metrics"
     vm.ok("PUT", "/logger", {"log_path": str(log_path), "level": "debug", "show_level": True})
     vm.ok("PUT", "/metrics", {"metrics_path": str(metrics_path)})
-    assert "already configured" in vm.fault("PUT", "/metrics", {"metrics_path": str(metrics_path)})
+    assert "Reinitialization of metrics not allowed." in vm.fault("PUT", "/metrics", {"metrics_path": str(metrics_path)})
     vm.fault("PUT", "/drives/x", vm.root)  # one failure to count
     vm.ok("PUT", "/actions", {"action_type": "FlushMetrics"})
     line = json.loads(metrics_path.read_text().splitlines()[-1])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from firelet.api.checks import os_error_text
 from firelet.api.context import ApiContext, not_supported
 from firelet.api.routing import Fault, RouteTable, no_content
 from firelet.api.server import Request, Response
@@ -9,6 +10,8 @@ from firelet.config import model as cfg
 from firelet.metrics import MetricsWriter
 
 routes = RouteTable()
+#: Firecracker's ``MetricsConfigError::InitializationFailure``, behind its ``Metrics error`` prefix.
+METRICS_INIT = "Metrics error: Cannot initialize the metrics system due to bad user input:"
 
 
 @routes.route("PUT", "/logger", "logger")
@@ -39,10 +42,11 @@ def put_metrics(api: ApiContext, req: Request, _: str) -> Response:
     if metrics.properties:
         raise not_supported("metrics properties are")
     if api.metrics_writer is not None:
-        raise Fault("Metrics are already configured; they can be set up only once.")
+        raise Fault(f"{METRICS_INIT} Reinitialization of metrics not allowed. (metrics already go to "
+                    f"{api.metrics_writer.path}; they can be set up only once)")
     try:
         api.metrics_writer = MetricsWriter(metrics.metrics_path, api.metrics)
     except OSError as exc:
-        raise Fault(f"Cannot open the metrics path {metrics.metrics_path}: {exc.strerror}.") from None
+        raise Fault(f"{METRICS_INIT} {os_error_text(exc)} (metrics_path {metrics.metrics_path}).") from None
     api.update(metrics=metrics)
     return no_content()
