@@ -30,7 +30,7 @@ from firelet.api.resources import (
     vm,
     vsock,
 )
-from firelet.api.routing import Fault, RouteTable
+from firelet.api.routing import ID_PREFIXES, Fault, RouteTable
 from firelet.api.server import Request, Response, fault
 from firelet.errors import FireletError
 
@@ -51,9 +51,12 @@ class Api(ApiContext):
 
     def handle(self, req: Request) -> Response:
         """Answer one request; never raises."""
-        found = route_table().find(req.method, req.path)
+        table = route_table()
+        found = table.find(req.method, req.path)
         if found is None:
             self.metrics.api_server.add("invalid_requests")
+            if req.path in ID_PREFIXES and (req.method, req.path + "{id}") in table.routes:
+                return fault(f"The ID cannot be empty. ({req.method} {req.path} names no resource)")
             return fault(f"Invalid request method and/or path: {req.method} {req.path[:200]}.")
         route, ident = found
         area = self._area(req.method)

@@ -72,8 +72,7 @@ def test_a_configured_vm_round_trips_through_the_config_file_loader(api: tuple[A
     sock = tmp / "api.sock"
     for name in ("vmlinux", "initrd", "root.ext4", "data.ext4"):
         (tmp / name).write_bytes(b"\0" * 1024)
-    _ok(sock, "PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 256, "track_dirty_pages": True,
-                                         "huge_pages": "2M"})
+    _ok(sock, "PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 256, "huge_pages": "2M"})
     _ok(sock, "PUT", "/boot-source", {"kernel_image_path": str(tmp / "vmlinux"), "initrd_path": str(tmp / "initrd"),
                                       "boot_args": "console=ttyS0 reboot=k"})
     _ok(sock, "PUT", "/drives/root", {"drive_id": "root", "path_on_host": str(tmp / "root.ext4"),
