@@ -111,6 +111,16 @@ def test_machine_config_bad_bodies_name_the_field(vm: Harness, body: Any, needle
 
 
 
+def test_machine_config_ranges_in_firecrackers_words(vm: Harness) -> None:
+    assert vm.fault("PUT", "/machine-config", {"vcpu_count": 33, "mem_size_mib": 128}) == (
+        "Machine config error: The vCPU number is invalid! The vCPU number can only be 1 or an even number when "
+        "SMT is enabled. (vcpu_count: expected int <= 32, got 33)")
+    assert vm.fault("PATCH", "/machine-config", {"mem_size_mib": 0}).startswith(
+        "Machine config error: The memory size (MiB) is invalid. (mem_size_mib: expected")
+    assert vm.fault("PUT", "/machine-config", {"vcpu_count": "2", "mem_size_mib": 128}).startswith(
+        "An error occurred when deserializing the json body of a request: vcpu_count: expected int, got str")
+
+
 def test_patch_machine_config_is_checked_as_a_whole(vm: Harness) -> None:
     vm.ok("PUT", "/machine-config", {"vcpu_count": 3, "mem_size_mib": 256})
     assert "with smt enabled" in vm.fault("PATCH", "/machine-config", {"smt": True})

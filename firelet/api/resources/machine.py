@@ -26,7 +26,10 @@ def get_machine_config(api: ApiContext, req: Request, _: str) -> Response:
 
 @routes.route("PUT", "/machine-config", "machine_cfg")
 def put_machine_config(api: ApiContext, req: Request, _: str) -> Response:
-    machine = api.body(req, cfg.MachineConfig)
+    try:
+        machine = api.body(req, cfg.MachineConfig)
+    except Fault as exc:
+        raise _in_firecrackers_words(exc) from None
     api.preboot()
     _apply(api, "PUT", machine)
     return no_content()
@@ -41,9 +44,27 @@ def patch_machine_config(api: ApiContext, req: Request, _: str) -> Response:
     try:
         machine = cfg.convert(merged, cfg.MachineConfig)
     except cfg.ConfigError as exc:
-        raise Fault(f"{BAD_BODY}: {exc}.") from None
+        raise _in_firecrackers_words(Fault(f"{BAD_BODY}: {exc}.")) from None
     _apply(api, "PATCH", machine)
     return no_content()
+
+
+#: Firecracker's ``VmConfigError`` texts for values it decodes and then finds out of range.
+_VCPUS_INVALID = ("Machine config error: The vCPU number is invalid! The vCPU number can only be 1 or an even "
+                  "number when SMT is enabled.")
+_MEMORY_INVALID = "Machine config error: The memory size (MiB) is invalid."
+
+
+def _in_firecrackers_words(fault: Fault) -> Fault:
+    """A vCPU count or memory size out of range, as Firecracker words it, with firelet's detail after."""
+    detail = str(fault).removeprefix(f"{BAD_BODY}: ")
+    out_of_range = any(words in detail for words in ("expected int >=", "expected int <=", "expected at least",
+                                                     "with smt enabled", "expected a multiple of 2"))
+    if detail.startswith("vcpu_count:") and out_of_range:
+        return Fault(f"{_VCPUS_INVALID} ({detail.rstrip('.')})")
+    if detail.startswith("mem_size_mib:") and out_of_range:
+        return Fault(f"{_MEMORY_INVALID} ({detail.rstrip('.')})")
+    return fault
 
 
 def _apply(api: ApiContext, method: str, machine: cfg.MachineConfig) -> None:
