@@ -34,7 +34,7 @@ _RECV_CHUNK = 65536
 _METHODS = frozenset({"GET", "PUT", "PATCH", "POST", "DELETE", "HEAD", "OPTIONS"})
 # RFC 9110 §15 reason phrases for the codes we send.
 _REASONS = {100: "Continue", 200: "OK", 204: "No Content", 400: "Bad Request",
-            404: "Not Found", 500: "Internal Server Error", 503: "Service Unavailable"}
+            404: "Not Found", 413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
 
 
 class Request:
@@ -50,11 +50,13 @@ class Request:
 
 
 class Response:
-    __slots__ = ("status", "body", "content_type", "close")
+    __slots__ = ("status", "body", "content_type", "close", "headers")
 
     def __init__(self, status: int, body: bytes = b"", content_type: str = "application/json",
-                 close: bool = False) -> None:
+                 close: bool = False, headers: dict[str, str] | None = None) -> None:
         self.status, self.body, self.content_type, self.close = status, body, content_type, close
+        #: Extra header lines (e.g. Firecracker's ``Deprecation: true``); names and values are ASCII.
+        self.headers = headers
 
 
 def fault(message: str, status: int = 400) -> Response:
@@ -250,6 +252,8 @@ class ApiServer:
         reason = _REASONS.get(response.status, "Unknown")
         head = [f"HTTP/1.1 {response.status} {reason}", "Server: Firecracker API"]
         head.append("Connection: close" if close else "Connection: keep-alive")
+        if response.headers:
+            head.extend(f"{name}: {value}" for name, value in response.headers.items())
         if response.status != 204:
             head.append(f"Content-Type: {response.content_type}")
             head.append(f"Content-Length: {len(response.body)}")

@@ -39,6 +39,7 @@ MAX_GUEST_CID = 0xFFFF_FFFF
 MIN_MTU = 68
 MAX_MTU = 65535
 _I64_MAX = (1 << 63) - 1  # firecracker.yaml: TokenBucket fields are int64
+_U32_MAX = (1 << 32) - 1  # firecracker.yaml: MemoryHotplugConfig sizes
 MMDS_DEFAULT_IPV4 = "169.254.169.254"
 
 CpuTemplate = Literal["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"]
@@ -188,6 +189,29 @@ class NetworkInterface(Model):
             raise ValueError(f"guest_mac: expected a MAC like 06:00:ac:10:00:02, got {self.guest_mac!r}")
 
 
+class Pmem(Model):
+    """A virtio-pmem device backed by a host file (firecracker.yaml, Pmem)."""
+
+    id: str
+    path_on_host: str
+    root_device: bool = False
+    read_only: bool = False
+    rate_limiter: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        _check_id("id", self.id)
+        if not self.path_on_host:
+            raise ValueError("path_on_host: expected a path, got an empty string")
+
+
+class MemoryHotplugConfig(Model):
+    """The hot-pluggable memory region of a virtio-mem device (firecracker.yaml, MemoryHotplugConfig)."""
+
+    total_size_mib: Annotated[int, msgspec.Meta(ge=0, le=_U32_MAX)] | None = None
+    slot_size_mib: Annotated[int, msgspec.Meta(ge=128, le=_U32_MAX)] = 128
+    block_size_mib: Annotated[int, msgspec.Meta(ge=2, le=_U32_MAX)] = 2
+
+
 class Vsock(Model):
     guest_cid: Annotated[int, msgspec.Meta(ge=MIN_GUEST_CID, le=MAX_GUEST_CID)]
     uds_path: str
@@ -238,6 +262,8 @@ def normalize_log_level(level: str) -> str:
 
 class Metrics(Model):
     metrics_path: str
+    emit_id: bool = False
+    properties: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.metrics_path:
@@ -272,6 +298,7 @@ class VmConfig(
         "network_interfaces": "network-interfaces",
         "mmds_config": "mmds-config",
         "cpu_config": "cpu-config",
+        "memory_hotplug": "memory-hotplug",
     },
 ):
     """Firecracker's configuration file, and the state ``GET /vm/config`` reports.
@@ -292,6 +319,8 @@ class VmConfig(
     metrics: Metrics | None = None
     mmds_config: MmdsConfig | None = None
     cpu_config: CpuConfig | None = None
+    pmem: list[Pmem] = msgspec.field(default_factory=list)
+    memory_hotplug: MemoryHotplugConfig | None = None
     serial: SerialConfig | None = None
 
     def __post_init__(self) -> None:

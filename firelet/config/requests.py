@@ -12,6 +12,8 @@ import msgspec
 
 from firelet.config.model import MAX_MEM_SIZE_MIB, Model, RateLimiter
 
+_U32_MAX = (1 << 32) - 1  # firecracker.yaml: MemoryHotplugSizeUpdate.requested_size_mib
+
 
 class BalloonStatsUpdate(Model):
     stats_polling_interval_s: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]
@@ -19,6 +21,21 @@ class BalloonStatsUpdate(Model):
 
 class BalloonUpdate(Model):
     amount_mib: Annotated[int, msgspec.Meta(ge=0, le=MAX_MEM_SIZE_MIB)]
+
+
+class BalloonStartCmd(Model):
+    """Starts a free page hinting run; ``acknowledge_on_stop`` acks the guest's "done" by itself."""
+
+    acknowledge_on_stop: bool | None = None
+
+
+class PartialPmem(Model):
+    id: str
+    rate_limiter: RateLimiter | None = None
+
+
+class MemoryHotplugSizeUpdate(Model):
+    requested_size_mib: Annotated[int, msgspec.Meta(ge=0, le=_U32_MAX)] | None = None
 
 
 class PartialDrive(Model):
@@ -71,7 +88,12 @@ class SnapshotLoadParams(Model):
     network_overrides: list[NetworkOverride] | None = None
     vsock_override: VsockOverride | None = None
     clock_realtime: bool | None = None
+    huge_pages: Literal["Snapshot", "None", "Transparent", "2M"] | None = None
 
     def __post_init__(self) -> None:
-        if (self.mem_file_path is None) == (self.mem_backend is None):
-            raise ValueError("mem_backend: give exactly one of mem_backend and mem_file_path")
+        # Firecracker's texts (parse_put_snapshot), then which field to give.
+        if self.mem_file_path is not None and self.mem_backend is not None:
+            raise ValueError("too many fields: either `mem_backend` or `mem_file_path` exclusively is required "
+                             "(give only mem_backend)")
+        if self.mem_file_path is None and self.mem_backend is None:
+            raise ValueError("missing field: either `mem_backend` or `mem_file_path` is required")

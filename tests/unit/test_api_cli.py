@@ -87,9 +87,11 @@ def test_refuses_to_clobber_a_live_socket(running: tuple[subprocess.Popen[bytes]
 def test_instance_start_without_a_vmm_build_or_kernel_is_a_fault(running: tuple[subprocess.Popen[bytes], Path],
                                                                   tmp_path: Path) -> None:
     _, sock = running
-    assert call(sock, "PUT", "/boot-source", {"kernel_image_path": str(tmp_path / "missing-vmlinux")})[0] == 204
+    status, body = call(sock, "PUT", "/boot-source", {"kernel_image_path": str(tmp_path / "missing-vmlinux")})
+    assert status == 400 and body["fault_message"].startswith(  # refused at the PUT, as Firecracker does
+        "Boot source error: The kernel file cannot be opened: No such file or directory (os error 2)")
     status, body = call(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
-    assert status == 400 and body["fault_message"].startswith("Cannot start the microVM")
+    assert status == 400 and body["fault_message"].startswith("Cannot start the microVM: boot-source")
     assert call(sock, "GET", "/")[1]["state"] == "Not started"
 
 
@@ -117,7 +119,7 @@ def test_invalid_config_file_names_the_field(tmp_path: Path) -> None:
                                      "machine-config.vcpu_count: expected int >= 1, got 0")
 
 
-def test_config_file_that_cannot_start_fails_cleanly(tmp_path: Path) -> None:
+def test_config_file_with_a_missing_kernel_fails_cleanly(tmp_path: Path) -> None:
     path = tmp_path / "vm.json"
     path.write_text(json.dumps({"boot-source": {"kernel_image_path": str(tmp_path / "missing-vmlinux")},
                                 "machine-config": {"vcpu_count": 1, "mem_size_mib": 128}}))
@@ -125,7 +127,8 @@ def test_config_file_that_cannot_start_fails_cleanly(tmp_path: Path) -> None:
     result = subprocess.run(_vmm("--api-sock", str(sock), "--config-file", str(path)), env=_env(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
-    assert result.stderr.startswith("firelet-vmm: error: config file: actions: Cannot start the microVM")
+    assert result.stderr.startswith("firelet-vmm: error: config file: boot-source: Boot source error: "
+                                    "The kernel file cannot be opened")
     assert not sock.exists()
 
 

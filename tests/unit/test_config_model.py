@@ -115,7 +115,7 @@ def test_error_names_file_field_and_value() -> None:
         ({"drives": [{"drive_id": "a", "is_root_device": True, "path_on_host": "/x",
                       "rate_limiter": {"bandwidth": {"size": -1, "refill_time": 1}}}]},
          "drives[0].rate_limiter.bandwidth.size: expected int >= 0, got -1"),
-        ({"pmem": []}, "unknown field 'pmem'"),
+        ({"hotplug": None}, "unknown field 'hotplug'"),
         ([], "expected object, got array"),
     ],
 )
