@@ -28,8 +28,11 @@ from firelet.arch.x86_64 import layout
 # Ranges from firecracker.yaml (MachineConfiguration, Vsock, TokenBucket, NetworkInterface).
 MIN_VCPUS = 1
 MAX_VCPUS = 32
-#: Firecracker only refuses 0 MiB; below 16 MiB no Linux kernel fits, so we say so up front.
-MIN_MEM_SIZE_MIB = 16
+#: firecracker.yaml sets no minimum and Firecracker refuses only 0. firelet's boot structures
+#: (GDT, zero page, page tables, command line, MP table) all lie below 1 MiB (``layout``), so
+#: 1 MiB is the floor of the layout; whether the kernel fits above its load address (16 MiB
+#: for most x86 kernels) is known only once its image is read, and is checked at start.
+MIN_MEM_SIZE_MIB = -(-layout.HIMEM_START // layout.MiB)
 MAX_MEM_SIZE_MIB = layout.MAX_MEM_SIZE // layout.MiB
 DEFAULT_VCPUS = 1
 DEFAULT_MEM_SIZE_MIB = 128
@@ -39,6 +42,7 @@ MAX_GUEST_CID = 0xFFFF_FFFF
 MIN_MTU = 68
 MAX_MTU = 65535
 _I64_MAX = (1 << 63) - 1  # firecracker.yaml: TokenBucket fields are int64
+_U32_MAX = (1 << 32) - 1  # firecracker.yaml: MemoryHotplugConfig sizes
 MMDS_DEFAULT_IPV4 = "169.254.169.254"
 
 CpuTemplate = Literal["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"]
@@ -87,19 +91,26 @@ class MachineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """vCPUs and memory. Always encoded in full, as Firecracker's ``GET /machine-config`` is."""
 
     vcpu_count: Annotated[int, msgspec.Meta(ge=MIN_VCPUS, le=MAX_VCPUS)]
-    mem_size_mib: Annotated[int, msgspec.Meta(ge=MIN_MEM_SIZE_MIB, le=MAX_MEM_SIZE_MIB)]
+    mem_size_mib: Annotated[int, msgspec.Meta(le=MAX_MEM_SIZE_MIB)]  # the floor: __post_init__, with why
     smt: bool = False
     track_dirty_pages: bool = False
-    huge_pages: Literal["None", "2M"] = "None"
+    huge_pages: Literal["None", "Transparent", "2M"] = "None"
     cpu_template: CpuTemplate | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
+        if self.mem_size_mib < MIN_MEM_SIZE_MIB:
+            raise ValueError(
+                f"mem_size_mib: expected at least {MIN_MEM_SIZE_MIB}, got {self.mem_size_mib} (the boot structures "
+                "take the first MiB; the kernel must also fit above its load address, usually 16 MiB, "
+                "which is checked when the VM starts)"
+            )
         # firecracker.yaml, putMachineConfiguration: SMT needs 1 or an even vCPU count.
         if self.smt and self.vcpu_count > 1 and self.vcpu_count % 2:
             raise ValueError(f"vcpu_count: with smt enabled, expected 1 or an even number, got {self.vcpu_count}")
-        # ...and 2M hugetlbfs pages need a memory size that is a multiple of 2 MiB.
-        if self.huge_pages == "2M" and self.mem_size_mib % 2:
-            raise ValueError(f"mem_size_mib: with 2M huge pages, expected a multiple of 2, got {self.mem_size_mib}")
+        # ...and huge pages (docs/hugepages.md, both kinds) need a memory size that is a multiple of 2 MiB.
+        if self.huge_pages != "None" and self.mem_size_mib % 2:
+            raise ValueError(f"mem_size_mib: with {self.huge_pages} huge pages, expected a multiple of 2, "
+                             f"got {self.mem_size_mib}")
 
 
 def default_machine_config() -> MachineConfig:
@@ -188,6 +199,29 @@ class NetworkInterface(Model):
             raise ValueError(f"guest_mac: expected a MAC like 06:00:ac:10:00:02, got {self.guest_mac!r}")
 
 
+class Pmem(Model):
+    """A virtio-pmem device backed by a host file (firecracker.yaml, Pmem)."""
+
+    id: str
+    path_on_host: str
+    root_device: bool = False
+    read_only: bool = False
+    rate_limiter: RateLimiter | None = None
+
+    def __post_init__(self) -> None:
+        _check_id("id", self.id)
+        if not self.path_on_host:
+            raise ValueError("path_on_host: expected a path, got an empty string")
+
+
+class MemoryHotplugConfig(Model):
+    """The hot-pluggable memory region of a virtio-mem device (firecracker.yaml, MemoryHotplugConfig)."""
+
+    total_size_mib: Annotated[int, msgspec.Meta(ge=0, le=_U32_MAX)] | None = None
+    slot_size_mib: Annotated[int, msgspec.Meta(ge=128, le=_U32_MAX)] = 128
+    block_size_mib: Annotated[int, msgspec.Meta(ge=2, le=_U32_MAX)] = 2
+
+
 class Vsock(Model):
     guest_cid: Annotated[int, msgspec.Meta(ge=MIN_GUEST_CID, le=MAX_GUEST_CID)]
     uds_path: str
@@ -238,6 +272,8 @@ def normalize_log_level(level: str) -> str:
 
 class Metrics(Model):
     metrics_path: str
+    emit_id: bool = False
+    properties: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if not self.metrics_path:
@@ -272,6 +308,7 @@ class VmConfig(
         "network_interfaces": "network-interfaces",
         "mmds_config": "mmds-config",
         "cpu_config": "cpu-config",
+        "memory_hotplug": "memory-hotplug",
     },
 ):
     """Firecracker's configuration file, and the state ``GET /vm/config`` reports.
@@ -292,6 +329,8 @@ class VmConfig(
     metrics: Metrics | None = None
     mmds_config: MmdsConfig | None = None
     cpu_config: CpuConfig | None = None
+    pmem: list[Pmem] = msgspec.field(default_factory=list)
+    memory_hotplug: MemoryHotplugConfig | None = None
     serial: SerialConfig | None = None
 
     def __post_init__(self) -> None:
@@ -327,6 +366,9 @@ def _cross_field_problem(cfg: VmConfig) -> str | None:
     dup = _duplicate([d.drive_id for d in cfg.drives])
     if dup:
         return f"drives: drive_id {dup!r} appears more than once"
+    dup = _duplicate([p.id for p in cfg.pmem])
+    if dup:
+        return f"pmem: id {dup!r} appears more than once"
     dup = _duplicate([n.iface_id for n in cfg.network_interfaces])
     if dup:
         return f"network-interfaces: iface_id {dup!r} appears more than once"
@@ -370,13 +412,20 @@ def decode_config(data: bytes, *, source: str = "config") -> VmConfig:
 
 
 def load_config_file(path: str | os.PathLike[str]) -> VmConfig:
-    """Read and validate a Firecracker-style ``--config-file``."""
+    """Read and validate a Firecracker-style ``--config-file``; refuse what firelet cannot do yet."""
+    from firelet.config.support import refuse_unsupported
+
     try:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
-    return decode_config(data, source=f"config file {path}")
+    cfg = decode_config(data, source=f"config file {path}")
+    try:
+        refuse_unsupported(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    return cfg
 
 
 def encode_config(cfg: VmConfig) -> bytes:

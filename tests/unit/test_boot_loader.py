@@ -152,8 +152,24 @@ def test_bad_elf_images_are_rejected_with_a_reason(blob: bytes, message: str) ->
 
 def test_kernel_bigger_than_guest_ram_is_a_clear_error(mem: GuestMemory) -> None:
     blob = make_elf([(KERNEL_PADDR, b"x" * 64, 60 * MiB)], KERNEL_PADDR)
-    with pytest.raises(KernelLoadError, match="give the VM more memory"):
+    with pytest.raises(KernelLoadError, match="set machine-config.mem_size_mib to more than 76"):
         load_kernel_data(mem, blob)
+
+
+def test_the_smallest_vm_holds_the_boot_structures_and_says_where_the_kernel_must_fit() -> None:
+    """1 MiB (machine-config's floor) holds everything below the kernel; a kernel at 16 MiB needs more."""
+    from firelet.arch.x86_64 import bootparams, mptable
+    from firelet.config.model import MIN_MEM_SIZE_MIB
+
+    tiny = GuestMemory.for_size(MIN_MEM_SIZE_MIB * MiB)
+    for addr in (layout.BOOT_GDT_START, layout.ZERO_PAGE_START, layout.PDE_START + 0xFFF,
+                 layout.CMDLINE_START + layout.CMDLINE_MAX_SIZE - 1, layout.MPTABLE_START):
+        assert tiny.check_range(addr, 1), hex(addr)
+    mptable.write_mptable(tiny, 32)
+    assert bootparams.memory_map(tiny) == [(0, layout.EBDA_START, bootparams.E820_RAM)]
+    blob = make_elf([(KERNEL_PADDR, b"x" * 64, 2 * MiB)], KERNEL_PADDR)
+    with pytest.raises(KernelLoadError, match=r"VM's 1 MiB of RAM .*mem_size_mib to more than 18 "):
+        load_kernel_data(tiny, blob)
 
 
 # -- bzImage -------------------------------------------------------------------
