@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from firelet import __version__
+from firelet import FIRECRACKER_API_VERSION, __version__
 from firelet.controller.interface import BackendError, VmmBackend
 from firelet.api.server import DEFAULT_MAX_PAYLOAD, Request, Response, fault
 from firelet.errors import FireletError
@@ -177,7 +177,7 @@ def _get_root(api: Api, req: Request, _: str) -> Response:
 
 @_route("GET", "/version", "vmm_version")
 def _get_version(api: Api, req: Request, _: str) -> Response:
-    return _ok({"firecracker_version": __version__})
+    return _ok({"firecracker_version": FIRECRACKER_API_VERSION})  # docs/firecracker-compat.md, "Identity"
 
 
 @_route("GET", "/vm/config", "vm_config")
