@@ -93,7 +93,7 @@ class GuestMemory:
         # first touch, so those mappings claim their pages up front and fail here instead.
         flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (_MAP_HUGETLB if huge_pages else _MAP_NORESERVE)
         ranges = list(ranges)
-        regions = []
+        regions: list[MemoryRegion] = []
         for guest_addr, size in ranges:
             if huge_pages and size % HUGE_PAGE_SIZE:
                 raise GuestMemoryError(f"memory size {size} is not a multiple of 2 MiB, needed for huge pages")

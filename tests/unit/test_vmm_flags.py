@@ -34,7 +34,7 @@ def test_every_firecracker_flag_is_known() -> None:
 
 
 def _run(*args: str, command: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run((command or _vmm()) + list(args), env=_env(), capture_output=True, text=True, timeout=60)
+    return subprocess.run((command or _vmm()) + list(args), env=_env(), capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_version_says_firelet_and_the_firecracker_api_it_implements() -> None:
@@ -83,7 +83,7 @@ def started(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[su
                                       "--show-level"]], indirect=True)
 def test_enable_pci_keeps_virtio_mmio_and_says_so_at_warning_level(started: tuple[subprocess.Popen[bytes], Path],
                                                                     tmp_path: Path) -> None:
-    proc, sock = started
+    _, sock = started
     assert call(sock, "GET", "/")[0] == 200
     warning = [line for line in (tmp_path / "log").read_text().splitlines() if "--enable-pci" in line]
     assert len(warning) == 1 and ":WARN" in warning[0]
@@ -117,8 +117,8 @@ def _alias(tmp_path: Path) -> list[str]:
 
 def _alias_without_shebang(tmp_path: Path) -> list[str]:
     """The entry point run by the interpreter directly: only prctl can name the process."""
-    return [sys.executable, "-c", "import sys; from firelet.cli.vmm import firecracker_console; "
-            "sys.exit(firecracker_console())"]
+    code = "import sys; from firelet.cli.vmm import firecracker_console; sys.exit(firecracker_console())"
+    return [sys.executable, "-c", code]
 
 
 @pytest.mark.parametrize("started", [(_alias, []), (_alias_without_shebang, [])], indirect=True,
