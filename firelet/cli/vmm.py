@@ -163,9 +163,6 @@ def run(args: argparse.Namespace) -> int:
     api = Api(instance_id=args.id, backend_factory=lambda: _make_backend(args, api),
               mmds_size_limit=args.mmds_size_limit or args.http_api_max_payload_size)
     _setup_logger(api, args)
-    if args.enable_pci:
-        log.warning("--enable-pci: firelet has no PCI transport yet; virtio devices stay on virtio-mmio, "
-                    "announced on the kernel command line (guests need CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES)")
     metadata = _read_metadata(args.metadata) if args.metadata else None
     file_config = cfg.load_config_file(args.config_file) if args.config_file else None
     server = None
@@ -314,6 +311,10 @@ def _wait_for_vm(api: Api) -> int:
 def _make_backend(args: argparse.Namespace, api: Api) -> VmmBackend:
     """The real VMM, imported only when a VM starts (keeps the API's start-up small)."""
     from firelet.controller.interface import BackendError
+
+    if args.enable_pci:  # said as the devices are made, so a logger set through the API gets it too
+        log.warning("--enable-pci: firelet has no PCI transport yet; virtio devices stay on virtio-mmio, "
+                    "announced on the kernel command line (guests need CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES)")
 
     try:
         from firelet.controller.vmm_controller import VmmController

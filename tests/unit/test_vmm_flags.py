@@ -81,10 +81,13 @@ def started(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[su
 
 @pytest.mark.parametrize("started", [["--enable-pci", "--log-path", "{tmp}/log", "--level", "Info",
                                       "--show-level"]], indirect=True)
-def test_enable_pci_keeps_virtio_mmio_and_says_so_at_warning_level(started: tuple[subprocess.Popen[bytes], Path],
+def test_enable_pci_keeps_virtio_mmio_and_says_so_at_warning_level_when_the_vm_starts(started: tuple[subprocess.Popen[bytes], Path],
                                                                     tmp_path: Path) -> None:
     _, sock = started
-    assert call(sock, "GET", "/")[0] == 200
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"not a kernel")
+    assert call(sock, "PUT", "/boot-source", {"kernel_image_path": str(kernel)})[0] == 204
+    assert call(sock, "PUT", "/actions", {"action_type": "InstanceStart"})[0] == 400  # the devices were planned
     warning = [line for line in (tmp_path / "log").read_text().splitlines() if "--enable-pci" in line]
     assert len(warning) == 1 and ":WARN" in warning[0]
     assert "virtio devices stay on virtio-mmio" in warning[0] and "CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES" in warning[0]
