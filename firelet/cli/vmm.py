@@ -173,14 +173,14 @@ def run(args: argparse.Namespace) -> int:
     remove_report = on_dump_signal(lambda: _report_vcpus(api.backend))
     try:
         _setup_metrics(api, args, cfg)  # before the socket answers: FlushMetrics must find it
+        if metadata is not None:  # ...and the first GET /mmds the data
+            _apply(api, Request, "PUT", "/mmds", metadata, what="--metadata")
         if not args.no_api:
             server = ApiServer(bind_unix_socket(args.api_sock), api.handle,
                                max_payload=args.http_api_max_payload_size)
             _record_startup_time(api, args)
             server.start()
             log.info("API listening on %s", args.api_sock)
-        if metadata is not None:
-            _apply(api, Request, "PUT", "/mmds", metadata, what="--metadata")
         if file_config is not None:
             _configure_and_start(api, file_config, Request)
         return _wait_for_vm(api)

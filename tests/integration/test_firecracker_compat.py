@@ -190,3 +190,42 @@ def test_firecracker_python_boots_a_guest_through_the_firecracker_alias(kernel, 
     # The library never waits for the process it started (it stays a zombie until its parent,
     # this test, reaps it): reap it here; SIGTERM ends firelet-vmm with status 0.
     assert psutil.Process(pid).wait(timeout=30) == 0
+
+
+def _huge_pages_unclaimed() -> int:
+    info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return int(info["HugePages_Free"].split()[0]) - int(info["HugePages_Rsvd"].split()[0])
+
+
+def test_2m_huge_pages_back_the_guest_once_the_host_reserves_them(kernel, rootfs: Path, tmp_path: Path) -> None:
+    """The advice of the 400 (reserve N pages) is enough: the guest boots on hugetlbfs pages, all claimed at start."""
+    knob = Path("/proc/sys/vm/nr_hugepages")
+    before = int(knob.read_text())
+    knob.write_text(f"{before + 64}\n")  # 128 MiB of 2 MiB pages; put back below
+    try:
+        base = _huge_pages_unclaimed()
+        assert base >= 64, f"the host could reserve only {base} huge pages"
+        config = tmp_path / "vm.json"
+        config.write_text(json.dumps({
+            "boot-source": {"kernel_image_path": str(kernel.vmlinux),
+                            "boot_args": f"console=ttyS0 reboot=k panic=1 pci=off {guest_cmdline_for('sleep 2')}"},
+            "drives": [{"drive_id": "rootfs", "path_on_host": str(rootfs), "is_root_device": True,
+                        "is_read_only": True}],
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128, "huge_pages": "2M"}}))
+        proc = subprocess.Popen([sys.executable, "-m", "firelet.cli.vmm", "--no-api", "--config-file", str(config)],
+                                env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None
+            read_until(proc.stdout.fileno(), READY_MARKER.encode(), BOOT_TIMEOUT_S)
+            claimed = base - _huge_pages_unclaimed()  # used or reserved by the running VMM
+            out, err = proc.communicate(timeout=BOOT_TIMEOUT_S)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err.decode()
+        assert claimed == 64
+        assert b"FIRELET-EXIT status=0" in out.replace(b"\r", b"")
+        assert _huge_pages_unclaimed() == base  # given back when the VMM ended
+    finally:
+        knob.write_text(f"{before}\n")
