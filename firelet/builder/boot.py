@@ -17,8 +17,6 @@ import os
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
-import msgspec
-
 from firelet.errors import FireletError, UsageError
 from firelet.log import get_logger
 from firelet.arch.x86_64 import layout
@@ -79,19 +77,9 @@ def _check_file(what: str, path: str | None, *, writable: bool = False) -> str:
 
 def unsupported_parts(config: VmConfig) -> list[str]:
     """What the configuration asks for that firelet cannot do yet (refused, never silently ignored)."""
-    machine = config.machine_config
-    parts = [name for name, present in (
-        ("network-interfaces", bool(config.network_interfaces)),
-        ("vsock", config.vsock is not None),
-        ("entropy", config.entropy is not None),
-        ("balloon", config.balloon is not None),
-        ("mmds-config", config.mmds_config is not None),
-        ("cpu-config", config.cpu_config is not None),
-        ("machine-config.smt", machine.smt),
-        ("machine-config.cpu_template", machine.cpu_template not in (msgspec.UNSET, "None")),
-    ) if present]
-    parts += [f"drives[{d.drive_id}].rate_limiter" for d in config.drives if d.rate_limiter is not None]
-    return parts
+    from firelet.config.support import unsupported
+
+    return [part.where for part in unsupported(config)]
 
 
 def check_inputs(config: VmConfig) -> None:
@@ -107,8 +95,6 @@ def check_inputs(config: VmConfig) -> None:
     if config.boot_source.initrd_path:
         _check_file("initrd", config.boot_source.initrd_path)
     for drive in config.drives:
-        if drive.socket:
-            raise UsageError(f"drive {drive.drive_id}: vhost-user block (socket) is not supported by firelet")
         _check_file(f"drive {drive.drive_id}: image", drive.path_on_host, writable=not drive.is_read_only)
 
 
@@ -166,12 +152,14 @@ def build_vmm(
     ``kinds``: the device kinds to plan from (default: :data:`firelet.builder.registry.DEVICE_KINDS`).
     """
     from firelet.memory.guest import GuestMemory
+    from firelet.arch.x86_64.ram import guest_ram
 
     check_inputs(config)
     machine = config.machine_config
     console = console or ConsoleSpec(NullSink())
 
-    memory = GuestMemory.for_size(machine.mem_size_mib * layout.MiB, huge_pages=machine.huge_pages == "2M",
+    # THP is used for "None" too (TRANSPARENT_HUGE_PAGES), so "Transparent" needs nothing more.
+    memory = guest_ram(machine.mem_size_mib * layout.MiB, huge_pages=machine.huge_pages == "2M",
                                   transparent_huge_pages=TRANSPARENT_HUGE_PAGES)
     closers: list[Callable[[], None]] = [memory.close]  # unmapped last (closers run in reverse)
     # Reading the kernel (and initrd) into guest RAM is the longest step of a build (copies

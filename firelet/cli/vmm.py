@@ -17,7 +17,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any
 
-from firelet import __version__
+from firelet import FIRECRACKER_API_VERSION, __version__
 from firelet.errors import FireletError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,10 +33,18 @@ _ID_RE = re.compile(r"^[A-Za-z0-9-]{1,64}$")  # Firecracker: alphanumerics and '
 _REPORT_TIMEOUT_S = 10.0
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: What ``--version`` prints: what the program is, and which Firecracker it stands in for.
+VERSION_LINE = f"firelet {__version__} (Firecracker API {FIRECRACKER_API_VERSION})"
+#: Linux's PR_SET_NAME (linux/prctl.h): the calling thread's name, which ps, top and psutil show.
+_PR_SET_NAME = 15
+
+
+def build_parser(prog: str = "firelet-vmm") -> argparse.ArgumentParser:
+    """Firecracker 1.17's process flags (src/firecracker/src/main.rs), each one accepted."""
     from firelet.api.server import DEFAULT_MAX_PAYLOAD
 
-    p = argparse.ArgumentParser(prog="firelet-vmm", description="Run one microVM, controlled through Firecracker's API.")
+    p = argparse.ArgumentParser(prog=prog, description="Run one microVM, controlled through Firecracker's API "
+                                f"({VERSION_LINE}).")
     p.add_argument("--api-sock", default=DEFAULT_API_SOCK, metavar="PATH", help="Unix socket for the API")
     p.add_argument("--config-file", metavar="PATH", help="Firecracker JSON configuration: configure and start at once")
     p.add_argument("--no-api", action="store_true", help="no API socket (needs --config-file)")
@@ -51,42 +59,79 @@ def build_parser() -> argparse.ArgumentParser:
                    help="log the guest's boot time when it writes 123 to the first MMIO window (0xd0000000)")
     p.add_argument("--http-api-max-payload-size", type=int, default=DEFAULT_MAX_PAYLOAD, metavar="BYTES")
     p.add_argument("--mmds-size-limit", type=int, metavar="BYTES", help="MMDS data store limit (default: the payload limit)")
+    p.add_argument("--metadata", metavar="PATH", help="JSON file to put in the MMDS data store at start")
+    p.add_argument("--enable-pci", action="store_true",
+                   help="accepted; firelet has no PCI transport yet, so devices stay on virtio-mmio (logged)")
+    p.add_argument("--snapshot-version", action="store_true", help="print the snapshot data format version")
+    p.add_argument("--describe-snapshot", metavar="PATH", help="print a snapshot state file's data format version")
     p.add_argument("--no-seccomp", action="store_true", help="accepted; seccomp lands with the jailer")
     p.add_argument("--seccomp-filter", metavar="PATH", help="accepted; seccomp lands with the jailer")
     p.add_argument("--start-time-us", type=int, help="process start wall time, from the jailer (µs)")
     p.add_argument("--start-time-cpu-us", type=int, help="process start CPU time, from the jailer (µs)")
     p.add_argument("--parent-cpu-time-us", type=int, help="the jailer's own CPU time (µs)")
-    p.add_argument("--version", action="version", version=f"firelet-vmm v{__version__}")
+    p.add_argument("--version", action="version", version=VERSION_LINE)
     return p
 
 
-def console() -> int:
+def console(prog: str = "firelet-vmm") -> int:
     """The ``firelet-vmm`` command's entry point: the process is a VMM (see :mod:`firelet.cli.lean`)."""
     from firelet.cli.lean import dump_stacks_on_signal, hide_typing_extensions
 
     hide_typing_extensions()
     dump_stacks_on_signal()
-    return main()
+    return main(prog=prog)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="firelet-vmm: %(levelname)s %(name)s: %(message)s")
+def firecracker_console() -> int:
+    """The ``firecracker`` command: firelet-vmm under the name Firecracker's tools look for.
+
+    Tools that find their VMM by process name (``psutil.Process.name()``, ``pgrep``)
+    see ``firecracker``; ``--version``, ``GET /`` and the log still say firelet
+    (docs/firecracker-compat.md).
+    """
+    set_process_name("firecracker")
+    return console(prog="firecracker")
+
+
+def set_process_name(name: str) -> None:
+    """Name this thread, and so the process while it runs on the main thread (/proc/PID/comm).
+
+    A console script started through its shebang line is already named after the
+    script, but not when run as ``python -m`` or through a wrapper; threads started
+    later inherit the name. Best effort: a failure only leaves the old name.
+    """
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        log.debug("could not set the process name to %s", name, exc_info=True)
+
+
+def main(argv: list[str] | None = None, *, prog: str = "firelet-vmm") -> int:
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(levelname)s %(name)s: %(message)s")
     try:
         return run(args)
     except FireletError as exc:
-        log.debug("firelet-vmm failed", exc_info=True)
-        print(f"firelet-vmm: error: {exc}", file=sys.stderr)
+        log.debug("%s failed", prog, exc_info=True)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug in firelet: one line for people
         log.debug("unexpected failure", exc_info=True)
-        print(f"firelet-vmm: internal error: {type(exc).__name__}: {exc} (please report it)", file=sys.stderr)
+        print(f"{prog}: internal error: {type(exc).__name__}: {exc} (please report firelet's bug)", file=sys.stderr)
         return 70
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    if args.snapshot_version or args.describe_snapshot is not None:
+        flag = "--snapshot-version" if args.snapshot_version else "--describe-snapshot"
+        raise FireletError(f"{flag}: snapshots are not supported by firelet yet, so there is no snapshot data "
+                           "format to report")
+    if args.no_seccomp and args.seccomp_filter is not None:
+        raise UsageError("--no-seccomp and --seccomp-filter exclude each other; give one of them")
     if args.no_api and not args.config_file:
         raise UsageError("--no-api needs --config-file: without the API there is no other way to configure the VM")
     if not _ID_RE.match(args.id):
@@ -120,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
     api = Api(instance_id=args.id, backend_factory=lambda: _make_backend(args, api), metrics=Metrics(),
               mmds_size_limit=args.mmds_size_limit or args.http_api_max_payload_size)
     _setup_logger(api, args)
+    metadata = _read_metadata(args.metadata) if args.metadata else None
     file_config = cfg.load_config_file(args.config_file) if args.config_file else None
     server = None
     for signum in (signal.SIGTERM, signal.SIGHUP):
@@ -129,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     remove_report = on_dump_signal(lambda: _report_vcpus(api.backend))
     try:
         _setup_metrics(api, args, cfg)  # before the socket answers: FlushMetrics must find it
+        if metadata is not None:  # ...and the first GET /mmds the data
+            _apply(api, Request, "PUT", "/mmds", metadata, what="--metadata")
         if not args.no_api:
             server = ApiServer(bind_unix_socket(args.api_sock), api.handle,
                                max_payload=args.http_api_max_payload_size)
@@ -184,7 +232,8 @@ def _setup_logger(api: Api, args: argparse.Namespace) -> None:
     logs.install(handler)
     api.update(logger=Logger(log_path=args.log_path, level=level, show_level=args.show_level,
                              show_log_origin=args.show_log_origin, module=args.module))
-    logging.getLogger("firelet").info("Running firelet-vmm v%s", __version__)
+    logging.getLogger("firelet").info("Running firelet-vmm v%s (Firecracker API %s)", __version__,
+                                      FIRECRACKER_API_VERSION)
 
 
 def _setup_metrics(api: Api, args: argparse.Namespace, cfg: Any) -> None:
@@ -220,10 +269,33 @@ def _configure_and_start(api: Api, config: Any, request_type: Any) -> None:
             steps.append(("PUT", path, getattr(config, key)))
     steps.append(("PUT", "/actions", {"action_type": "InstanceStart"}))
     for method, path, obj in steps:
-        response = api.handle(request_type(method, path, "", "HTTP/1.1", {}, body(obj)))
-        if response.status >= 300:
-            message = msgspec.json.decode(response.body).get("fault_message", "")
-            raise FireletError(f"config file: {path.strip('/')}: {message}")
+        _apply(api, request_type, method, path, body(obj), what=f"config file: {path.strip('/')}")
+
+
+def _apply(api: Api, request_type: Any, method: str, path: str, body: bytes, *, what: str) -> None:
+    """One request through the API's own handler, as a client would send it; a refusal ends the VMM."""
+    import msgspec
+
+    response = api.handle(request_type(method, path, "", "HTTP/1.1", {}, body))
+    if response.status >= 300:
+        message = msgspec.json.decode(response.body).get("fault_message", "")
+        raise FireletError(f"{what}: {message}")
+
+
+def _read_metadata(path: str) -> bytes:
+    """Firecracker's ``--metadata``: a JSON file whose content the MMDS data store starts with."""
+    import msgspec
+
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as exc:
+        raise UsageError(f"--metadata {path}: cannot read it: {exc.strerror}") from None
+    try:
+        msgspec.json.decode(data)
+    except msgspec.DecodeError as exc:
+        raise UsageError(f"--metadata {path}: not valid JSON: {exc}") from None
+    return data
 
 
 def _wait_for_vm(api: Api) -> int:
@@ -241,6 +313,10 @@ def _wait_for_vm(api: Api) -> int:
 def _make_backend(args: argparse.Namespace, api: Api) -> VmmBackend:
     """The real VMM, imported only when a VM starts (keeps the API's start-up small)."""
     from firelet.controller.interface import BackendError
+
+    if args.enable_pci:  # said as the devices are made, so a logger set through the API gets it too
+        log.warning("--enable-pci: firelet has no PCI transport yet; virtio devices stay on virtio-mmio, "
+                    "announced on the kernel command line (guests need CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES)")
 
     try:
         from firelet.controller.vmm_controller import VmmController

@@ -28,8 +28,11 @@ from firelet.arch.x86_64 import layout
 # Ranges from firecracker.yaml (MachineConfiguration, Vsock, TokenBucket, NetworkInterface).
 MIN_VCPUS = 1
 MAX_VCPUS = 32
-#: Firecracker only refuses 0 MiB; below 16 MiB no Linux kernel fits, so we say so up front.
-MIN_MEM_SIZE_MIB = 16
+#: firecracker.yaml sets no minimum and Firecracker refuses only 0. firelet's boot structures
+#: (GDT, zero page, page tables, command line, MP table) all lie below 1 MiB (``layout``), so
+#: 1 MiB is the floor of the layout; whether the kernel fits above its load address (16 MiB
+#: for most x86 kernels) is known only once its image is read, and is checked at start.
+MIN_MEM_SIZE_MIB = -(-layout.HIMEM_START // layout.MiB)
 MAX_MEM_SIZE_MIB = layout.MAX_MEM_SIZE // layout.MiB
 DEFAULT_VCPUS = 1
 DEFAULT_MEM_SIZE_MIB = 128
@@ -88,19 +91,26 @@ class MachineConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """vCPUs and memory. Always encoded in full, as Firecracker's ``GET /machine-config`` is."""
 
     vcpu_count: Annotated[int, msgspec.Meta(ge=MIN_VCPUS, le=MAX_VCPUS)]
-    mem_size_mib: Annotated[int, msgspec.Meta(ge=MIN_MEM_SIZE_MIB, le=MAX_MEM_SIZE_MIB)]
+    mem_size_mib: Annotated[int, msgspec.Meta(le=MAX_MEM_SIZE_MIB)]  # the floor: __post_init__, with why
     smt: bool = False
     track_dirty_pages: bool = False
-    huge_pages: Literal["None", "2M"] = "None"
+    huge_pages: Literal["None", "Transparent", "2M"] = "None"
     cpu_template: CpuTemplate | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:
+        if self.mem_size_mib < MIN_MEM_SIZE_MIB:
+            raise ValueError(
+                f"mem_size_mib: expected at least {MIN_MEM_SIZE_MIB}, got {self.mem_size_mib} (the boot structures "
+                "take the first MiB; the kernel must also fit above its load address, usually 16 MiB, "
+                "which is checked when the VM starts)"
+            )
         # firecracker.yaml, putMachineConfiguration: SMT needs 1 or an even vCPU count.
         if self.smt and self.vcpu_count > 1 and self.vcpu_count % 2:
             raise ValueError(f"vcpu_count: with smt enabled, expected 1 or an even number, got {self.vcpu_count}")
-        # ...and 2M hugetlbfs pages need a memory size that is a multiple of 2 MiB.
-        if self.huge_pages == "2M" and self.mem_size_mib % 2:
-            raise ValueError(f"mem_size_mib: with 2M huge pages, expected a multiple of 2, got {self.mem_size_mib}")
+        # ...and huge pages (docs/hugepages.md, both kinds) need a memory size that is a multiple of 2 MiB.
+        if self.huge_pages != "None" and self.mem_size_mib % 2:
+            raise ValueError(f"mem_size_mib: with {self.huge_pages} huge pages, expected a multiple of 2, "
+                             f"got {self.mem_size_mib}")
 
 
 def default_machine_config() -> MachineConfig:
@@ -356,6 +366,9 @@ def _cross_field_problem(cfg: VmConfig) -> str | None:
     dup = _duplicate([d.drive_id for d in cfg.drives])
     if dup:
         return f"drives: drive_id {dup!r} appears more than once"
+    dup = _duplicate([p.id for p in cfg.pmem])
+    if dup:
+        return f"pmem: id {dup!r} appears more than once"
     dup = _duplicate([n.iface_id for n in cfg.network_interfaces])
     if dup:
         return f"network-interfaces: iface_id {dup!r} appears more than once"
@@ -399,13 +412,20 @@ def decode_config(data: bytes, *, source: str = "config") -> VmConfig:
 
 
 def load_config_file(path: str | os.PathLike[str]) -> VmConfig:
-    """Read and validate a Firecracker-style ``--config-file``."""
+    """Read and validate a Firecracker-style ``--config-file``; refuse what firelet cannot do yet."""
+    from firelet.config.support import refuse_unsupported
+
     try:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
-    return decode_config(data, source=f"config file {path}")
+    cfg = decode_config(data, source=f"config file {path}")
+    try:
+        refuse_unsupported(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    return cfg
 
 
 def encode_config(cfg: VmConfig) -> bytes:

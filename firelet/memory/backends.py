@@ -15,11 +15,10 @@ import os
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from firelet.arch.x86_64 import layout
 from firelet.errors import FireletError
 
 PAGE_SIZE = 4096
-HUGE_PAGE_SIZE = 2 * layout.MiB
+HUGE_PAGE_SIZE = 2 << 20  # x86-64 large page (Intel SDM vol. 3, 4.5)
 _MAP_HUGETLB = 0x40000  # linux/mman.h
 _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)
 _PROT_RW = mmap.PROT_READ | mmap.PROT_WRITE
@@ -51,6 +50,29 @@ class MemoryRegion(NamedTuple):
         return ctypes.addressof(ctypes.c_char.from_buffer(self.mapping)) + self.offset
 
 
+def _huge_page_shortage(size: int, exc: OSError) -> str:
+    """Why ``size`` bytes of 2 MiB huge pages could not be had, and what to reserve (proc(5), meminfo)."""
+    need = -(-size // HUGE_PAGE_SIZE)
+    info: dict[str, int] = {}
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                key, _, value = line.partition(":")
+                if key.startswith("HugePages_") or key == "Hugepagesize":
+                    info[key] = int(value.split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    if info.get("Hugepagesize", 2048) != HUGE_PAGE_SIZE // 1024:
+        return (f"cannot map {size >> 20} MiB of guest memory in 2 MiB huge pages: the host's default huge "
+                f"page size is {info['Hugepagesize']} kB; use huge_pages \"None\" or \"Transparent\"")
+    total = info.get("HugePages_Total", 0)
+    free = max(0, info.get("HugePages_Free", 0) - info.get("HugePages_Rsvd", 0))
+    if "HugePages_Total" not in info or free >= need:  # not a short pool: say what the kernel said
+        return f"cannot map {size >> 20} MiB of guest memory in 2 MiB huge pages: {exc.strerror}"
+    return (f"guest memory needs {need} 2 MiB huge pages and the host has {free} free; reserve them "
+            f"(as root): echo {total + need - free} > /proc/sys/vm/nr_hugepages, or use huge_pages \"None\"")
+
+
 def anonymous(ranges: Iterable[tuple[int, int]], *, huge_pages: bool = False,
               transparent_huge_pages: bool = False) -> list[MemoryRegion]:
     """Fresh zeroed private memory per range; pages are committed on first touch.
@@ -61,9 +83,11 @@ def anonymous(ranges: Iterable[tuple[int, int]], *, huge_pages: bool = False,
     does: fewer, larger nested-paging entries, at the cost of RSS growing in
     2 MiB steps.
     """
-    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
-    if huge_pages:
-        flags |= _MAP_HUGETLB
+    # hugetlbfs pages come from a pool the host reserves beforehand; mapped with
+    # MAP_NORESERVE, a short pool would surface only later, as EFAULT or SIGBUS at the
+    # first touch, so those mappings claim their pages up front and fail here instead.
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | (_MAP_HUGETLB if huge_pages else _MAP_NORESERVE)
+    ranges = list(ranges)
     regions: list[MemoryRegion] = []
     try:
         for guest_addr, size in ranges:
@@ -75,8 +99,9 @@ def anonymous(ranges: Iterable[tuple[int, int]], *, huge_pages: bool = False,
             try:
                 mapping = mmap.mmap(-1, size + slack, flags=flags, prot=_PROT_RW)
             except OSError as exc:
-                what = "huge pages (is vm.nr_hugepages set?)" if huge_pages else "memory"
-                raise GuestMemoryError(f"cannot map {size >> 20} MiB of guest {what}: {exc.strerror}") from exc
+                if huge_pages:
+                    raise GuestMemoryError(_huge_page_shortage(sum(n for _, n in ranges), exc)) from exc
+                raise GuestMemoryError(f"cannot map {size >> 20} MiB of guest memory: {exc.strerror}") from exc
             offset = 0
             if slack:
                 base = ctypes.addressof(ctypes.c_char.from_buffer(mapping))

@@ -16,7 +16,6 @@ import struct
 from collections.abc import Iterable, Sequence
 from typing import BinaryIO
 
-from firelet.arch.x86_64 import layout
 from firelet.memory import backends
 from firelet.memory.backends import (
     HUGE_PAGE_SIZE,
@@ -62,13 +61,6 @@ class GuestMemory:
                   shared: bool = False, create: bool = False) -> GuestMemory:
         """RAM from a file laid out as :meth:`write_to` writes it (see :func:`backends.file`)."""
         return cls(backends.file(path, ranges, shared=shared, create=create), "file")
-
-    @classmethod
-    def for_size(cls, mem_size: int, *, huge_pages: bool = False,
-                 transparent_huge_pages: bool = False) -> GuestMemory:
-        """Anonymous guest RAM of ``mem_size`` bytes laid out around the 32-bit MMIO gap."""
-        return cls.anonymous(layout.ram_regions(mem_size), huge_pages=huge_pages,
-                             transparent_huge_pages=transparent_huge_pages)
 
     @property
     def fd(self) -> int:

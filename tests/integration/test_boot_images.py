@@ -14,13 +14,14 @@ import pytest
 
 from firelet.arch.x86_64 import bootparams, layout, loader, pvh
 from firelet.memory.guest import GuestMemory
+from firelet.arch.x86_64.ram import guest_ram
 
 MiB = layout.MiB
 
 
 @pytest.fixture
 def mem() -> Iterator[GuestMemory]:
-    memory = GuestMemory.for_size(256 * MiB)
+    memory = guest_ram(256 * MiB)
     yield memory
     memory.close()
 

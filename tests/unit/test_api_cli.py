@@ -134,7 +134,7 @@ def test_config_file_with_a_missing_kernel_fails_cleanly(tmp_path: Path) -> None
 
 def test_version_flag() -> None:
     result = subprocess.run(_vmm("--version"), env=_env(), capture_output=True, text=True, timeout=30)
-    assert result.returncode == 0 and result.stdout.startswith("firelet-vmm v")
+    assert result.returncode == 0 and result.stdout.startswith("firelet 0.1.0 (Firecracker API ")
 
 
 class _Loop:

@@ -10,11 +10,12 @@ import pytest
 from firelet.arch.x86_64 import layout, regs
 from firelet.kvm.structs import kvm_lapic_state, kvm_sregs
 from firelet.memory.guest import GuestMemory
+from firelet.arch.x86_64.ram import guest_ram
 
 
 @pytest.fixture
 def mem() -> GuestMemory:
-    memory = GuestMemory.for_size(16 * layout.MiB)
+    memory = guest_ram(16 * layout.MiB)
     yield memory
     memory.close()
 

@@ -18,6 +18,7 @@ from firelet.arch.x86_64 import bootparams, cpuid, layout, loader, mptable, pvh,
 from firelet.kvm import Kvm
 from firelet.kvm import structs as S
 from firelet.memory.guest import GuestMemory
+from firelet.arch.x86_64.ram import guest_ram
 
 ENTRY = 0x1000000
 PORT = 0x3F8
@@ -67,7 +68,7 @@ def kvm() -> Iterator[Kvm]:
 
 @pytest.fixture
 def mem() -> Iterator[GuestMemory]:
-    memory = GuestMemory.for_size(layout.GiB)
+    memory = guest_ram(layout.GiB)
     yield memory
     memory.close()
 

@@ -25,6 +25,7 @@ from firelet.arch.x86_64.loader import (
     write_cmdline,
 )
 from firelet.memory.guest import GuestMemory
+from firelet.arch.x86_64.ram import guest_ram
 
 MiB = layout.MiB
 KERNEL_PADDR = 16 * MiB
@@ -94,7 +95,7 @@ def make_bzimage(
 
 @pytest.fixture
 def mem() -> GuestMemory:
-    memory = GuestMemory.for_size(64 * MiB)
+    memory = guest_ram(64 * MiB)
     yield memory
     memory.close()
 
@@ -152,8 +153,24 @@ def test_bad_elf_images_are_rejected_with_a_reason(blob: bytes, message: str) ->
 
 def test_kernel_bigger_than_guest_ram_is_a_clear_error(mem: GuestMemory) -> None:
     blob = make_elf([(KERNEL_PADDR, b"x" * 64, 60 * MiB)], KERNEL_PADDR)
-    with pytest.raises(KernelLoadError, match="give the VM more memory"):
+    with pytest.raises(KernelLoadError, match="set machine-config.mem_size_mib to more than 76"):
         load_kernel_data(mem, blob)
+
+
+def test_the_smallest_vm_holds_the_boot_structures_and_says_where_the_kernel_must_fit() -> None:
+    """1 MiB (machine-config's floor) holds everything below the kernel; a kernel at 16 MiB needs more."""
+    from firelet.arch.x86_64 import bootparams, mptable
+    from firelet.config.model import MIN_MEM_SIZE_MIB
+
+    tiny = guest_ram(MIN_MEM_SIZE_MIB * MiB)
+    for addr in (layout.BOOT_GDT_START, layout.ZERO_PAGE_START, layout.PDE_START + 0xFFF,
+                 layout.CMDLINE_START + layout.CMDLINE_MAX_SIZE - 1, layout.MPTABLE_START):
+        assert tiny.check_range(addr, 1), hex(addr)
+    mptable.write_mptable(tiny, 32)
+    assert bootparams.memory_map(tiny) == [(0, layout.EBDA_START, bootparams.E820_RAM)]
+    blob = make_elf([(KERNEL_PADDR, b"x" * 64, 2 * MiB)], KERNEL_PADDR)
+    with pytest.raises(KernelLoadError, match=r"VM's 1 MiB of RAM .*mem_size_mib to more than 18 "):
+        load_kernel_data(tiny, blob)
 
 
 # -- bzImage -------------------------------------------------------------------
@@ -237,7 +254,7 @@ def test_load_kernel_reads_a_file(mem: GuestMemory, tmp_path: Path) -> None:
 def test_load_kernel_zeroes_the_bss_unless_the_memory_is_fresh(tmp_path: Path, fresh: bool) -> None:
     path = tmp_path / "vmlinux"
     path.write_bytes(_elf_image())
-    memory = GuestMemory.for_size(64 << 20)
+    memory = guest_ram(64 << 20)
     try:
         if not fresh:
             memory.write(KERNEL_PADDR, b"\xaa" * 0x5000)  # stale bytes where the bss goes
@@ -333,7 +350,7 @@ def test_initrd_goes_at_the_top_of_low_ram_page_aligned(mem: GuestMemory, tmp_pa
 
 
 def test_initrd_respects_initrd_addr_max() -> None:
-    mem = GuestMemory.for_size(2 * layout.GiB)
+    mem = guest_ram(2 * layout.GiB)
     try:
         assert initrd_address(mem, _kernel(), 5 * MiB) == (0x38000000 - 5 * MiB)
         limited = _kernel(initrd_addr_max=0x0FFFFFFF)

@@ -10,6 +10,7 @@ from firelet.arch.x86_64 import layout
 from firelet.arch.x86_64.bootparams import E820_RAM, memory_map, write_boot_params
 from firelet.arch.x86_64.loader import BootConfigError, KernelImage, Segment
 from firelet.memory.guest import GuestMemory
+from firelet.arch.x86_64.ram import guest_ram
 
 MiB, GiB = layout.MiB, layout.GiB
 ZP = layout.ZERO_PAGE_START
@@ -42,7 +43,7 @@ def _bz_kernel() -> KernelImage:
 
 @pytest.fixture
 def mem() -> GuestMemory:
-    memory = GuestMemory.for_size(128 * MiB)
+    memory = guest_ram(128 * MiB)
     yield memory
     memory.close()
 
@@ -61,7 +62,7 @@ def test_e820_small_memory(mem: GuestMemory) -> None:
 
 
 def test_e820_large_memory_is_split_around_the_mmio_gap() -> None:
-    big = GuestMemory.for_size(6 * GiB)
+    big = guest_ram(6 * GiB)
     try:
         write_boot_params(big, _elf_kernel(), 10)
         low_end = layout.MMIO_GAP_START

@@ -10,13 +10,14 @@ from firelet.arch.x86_64 import layout
 from firelet.arch.x86_64.loader import BootConfigError
 from firelet.arch.x86_64.pvh import write_pvh_start_info
 from firelet.memory.guest import GuestMemory
+from firelet.arch.x86_64.ram import guest_ram
 
 MiB, GiB = layout.MiB, layout.GiB
 
 
 @pytest.fixture
 def mem() -> GuestMemory:
-    memory = GuestMemory.for_size(256 * MiB)
+    memory = guest_ram(256 * MiB)
     yield memory
     memory.close()
 
@@ -60,7 +61,7 @@ def test_start_info_without_initrd_and_with_a_written_cmdline(mem: GuestMemory) 
 
 
 def test_memmap_for_memory_above_the_gap() -> None:
-    big = GuestMemory.for_size(5 * GiB)
+    big = guest_ram(5 * GiB)
     try:
         info = _start_info(big, write_pvh_start_info(big, None))
         entries = _memmap(big, info)

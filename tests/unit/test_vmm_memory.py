@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 
 from firelet.arch.x86_64 import layout
 from firelet.memory.guest import HUGE_PAGE_SIZE, GuestMemory, GuestMemoryError
+from firelet.arch.x86_64.ram import guest_ram
 
 MiB = layout.MiB
 
 
 def test_thp_backed_ram_starts_on_a_2mib_boundary_and_behaves_like_plain_ram() -> None:
-    mem = GuestMemory.for_size(64 * MiB, transparent_huge_pages=True)
+    mem = guest_ram(64 * MiB, transparent_huge_pages=True)
     try:
         (region,) = mem.regions
         assert region.host_addr % HUGE_PAGE_SIZE == 0
@@ -35,7 +36,7 @@ def test_thp_backed_ram_starts_on_a_2mib_boundary_and_behaves_like_plain_ram() -
 
 def test_ram_above_the_mmio_gap_is_a_second_region() -> None:
     size = layout.MMIO_GAP_START + 2 * MiB
-    mem = GuestMemory.for_size(size, transparent_huge_pages=True)
+    mem = guest_ram(size, transparent_huge_pages=True)
     try:
         low, high = mem.regions
         assert (low.guest_addr, low.end) == (0, layout.MMIO_GAP_START)
@@ -60,4 +61,4 @@ def test_any_range_is_either_wholly_inside_ram_or_refused(addr: int, length: int
             mem.view(addr, length)
 
 
-_SMALL = GuestMemory.for_size(4 * MiB, transparent_huge_pages=True)
+_SMALL = guest_ram(4 * MiB, transparent_huge_pages=True)

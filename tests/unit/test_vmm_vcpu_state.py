@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from firelet.cli import lean
 from firelet.memory.guest import GuestMemory
+from firelet.arch.x86_64.ram import guest_ram
 from firelet.vstate.vcpu import IMPOSSIBLE_STATE, Vcpu, VcpuGate, impossible_page_table_root
 
 MiB = 1 << 20
@@ -22,7 +23,7 @@ PE = 1
 
 
 #: 128 MiB of guest RAM (reserved, never touched), shared by every test here.
-RAM = GuestMemory.for_size(128 * MiB)
+RAM = guest_ram(128 * MiB)
 
 
 class FakeVcpuFd:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from firelet import __version__
+from firelet import FIRECRACKER_API_VERSION, __version__
 from firelet.api.context import ApiContext
 from firelet.api.routing import RouteTable, ok
 from firelet.api.server import Request, Response
@@ -20,7 +20,7 @@ def get_instance_info(api: ApiContext, req: Request, _: str) -> Response:
 
 @routes.route("GET", "/version", "vmm_version")
 def get_version(api: ApiContext, req: Request, _: str) -> Response:
-    return ok({"firecracker_version": __version__})
+    return ok({"firecracker_version": FIRECRACKER_API_VERSION})
 
 
 @routes.route("GET", "/vm/config", "vm_config")

@@ -164,9 +164,11 @@ def load_kernel(mem: GuestMemory, path: str | os.PathLike[str], *, fresh_memory:
 def _check_fits(mem: GuestMemory, image: KernelImage) -> None:
     start = min(seg.guest_addr for seg in image.segments)
     if not mem.check_range(start, image.end - start):
+        need_mib = -(-image.end // layout.MiB)
         raise KernelLoadError(
             f"kernel needs guest memory {start:#x}..{image.end:#x}, which does not fit in the VM's "
-            f"{mem.size >> 20} MiB of RAM below the MMIO gap; give the VM more memory"
+            f"{mem.size >> 20} MiB of RAM below the MMIO gap; set machine-config.mem_size_mib to "
+            f"more than {need_mib} (the kernel also needs free RAM to run)"
         )
 
 
