@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="Arguments after -- are passed to the VMM.")
     p.add_argument("--id", required=True, help="unique VM id: letters, digits and '-', at most 64")
     p.add_argument("--exec-file", required=True, metavar="PATH", help="the VMM to run (e.g. firelet-vmm)")
-    p.add_argument("--uid", required=True, type=_uint("--uid"), help="user the VMM runs as")
-    p.add_argument("--gid", required=True, type=_uint("--gid"), help="group the VMM runs as")
+    p.add_argument("--uid", required=True, type=_uint(), help="user the VMM runs as")
+    p.add_argument("--gid", required=True, type=_uint(), help="group the VMM runs as")
     p.add_argument("--chroot-base-dir", default=DEFAULT_CHROOT_BASE, metavar="DIR",
                    help=f"where jails are built (default {DEFAULT_CHROOT_BASE})")
     p.add_argument("--netns", metavar="PATH", help="network namespace to join, e.g. /var/run/netns/NAME")
@@ -79,10 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _uint(flag: str) -> Callable[[str], int]:
+def _uint() -> Callable[[str], int]:
     def parse(text: str) -> int:
         if not text.isdigit() or int(text) > 0xFFFF_FFFE:
-            raise argparse.ArgumentTypeError(f"{flag}: expected a number from 0 to 4294967294, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected a number from 0 to 4294967294, got {text!r}")
         return int(text)
     return parse
 
