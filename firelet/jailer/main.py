@@ -44,7 +44,7 @@ def step(name: str) -> Iterator[None]:
     except FireletError as exc:
         raise StepError(f"{name}: {exc}") from None
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
+        where = f" {exc.filename}:" if exc.filename else ""
         raise StepError(f"{name}:{where} {exc.strerror or exc}") from None
 
 
