@@ -28,6 +28,7 @@ from firelet.jailer import syscalls as sc
 PROG = "firelet-jailer"
 #: Signals a supervisor passes on to the VMM, so that stopping the jailer stops the VM.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StepError(FireletError):
@@ -66,6 +67,8 @@ def console() -> int:
 
 def main(argv: list[str]) -> int:
     start_us = time.time_ns() // 1000
+    for signum in STOPPING:  # until the VMM runs, a stop unwinds what was made
+        signal.signal(signum, _interrupted)
     try:
         return run(flags.parse(argv), start_us)
     except FireletError as exc:
@@ -124,6 +127,10 @@ def run(args: flags.JailerArgs, start_us: int) -> int:
     elif code > 128:
         print(f"{PROG}: the VMM was killed by {signal.Signals(code - 128).name}", file=sys.stderr)
     return code
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise StepError(f"stopped by {signal.Signals(signum).name} before the VMM ran; nothing was left behind")
 
 
 def _check_exec_file(path: str) -> None:
@@ -240,8 +247,8 @@ class _Reaper:
         try:
             return self.wait()
         finally:
-            for signum in FORWARDED:
-                signal.signal(signum, signal.SIG_DFL)
+            for signum in FORWARDED:  # the VMM is gone: let nothing interrupt the cleanup
+                signal.signal(signum, signal.SIG_IGN if signum in STOPPING else signal.SIG_DFL)
 
     def _forward(self, signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):

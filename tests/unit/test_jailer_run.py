@@ -268,3 +268,58 @@ def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, base: Path, ca
     assert sorted(str(p) for p in base.rglob("*")) == before
     assert _cgroup_parents(parent) == []
     assert _host_mounts() == mounts_before
+
+
+def _api_get(sock: Path) -> str:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(sock))
+        s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return data.decode()
+
+
+def test_firelet_vmm_answers_its_api_from_inside_the_jail_and_stops_on_sigterm(base: Path) -> None:
+    vmm = Path(sys.executable).parent / "firelet-vmm"  # the console script: #! the venv's python
+    if not vmm.exists():
+        pytest.fail(f"{vmm} is missing: install firelet in this venv (pip install -e .)")
+    parent = f"firelet-test-{uuid.uuid4().hex[:8]}"
+    mounts_before = _host_mounts()
+    proc = _jailer("--id", "api-1", "--exec-file", str(vmm), "--uid", str(UID), "--gid", str(GID),
+                   "--chroot-base-dir", str(base), "--new-pid-ns", "--parent-cgroup", parent,
+                   "--cgroup", "pids.max=32", "--", "--api-sock", "/run/api.sock")
+    sock = base / "firelet-vmm" / "api-1" / "root" / "run" / "api.sock"
+    try:
+        _wait_for(sock, proc)
+        answer = _api_get(sock)
+        proc.terminate()  # to the jailer: passed on to the VMM, which ends cleanly
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert '"id":"api-1"' in answer and '"state":"Not started"' in answer
+    assert proc.returncode == 0, err
+    assert list(base.iterdir()) == []
+    assert _cgroup_parents(parent) == []
+    assert _host_mounts() == mounts_before
+
+
+def test_a_vmm_over_its_memory_limit_is_reported_as_oom_and_cleaned_up(tmp_path: Path, base: Path) -> None:
+    hog = tmp_path / "hog"
+    hog.write_text(f"#!{sys.executable}\nimport mmap\nm = mmap.mmap(-1, 256 << 20)\n"
+                   "for i in range(0, 256 << 20, 4096):\n    m[i] = 1\n")
+    hog.chmod(0o755)
+    parent = f"firelet-test-{uuid.uuid4().hex[:8]}"
+    proc = _jailer("--id", "oom-1", "--exec-file", str(hog), "--uid", str(UID), "--gid", str(GID),
+                   "--chroot-base-dir", str(base), "--parent-cgroup", parent,
+                   "--cgroup", "memory.limit_in_bytes=64M")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + 9
+    assert err.startswith("firelet-jailer: error: the VMM ran out of memory: the OOM killer ended it"), err
+    assert list(base.iterdir()) == []
+    assert _cgroup_parents(parent) == []
