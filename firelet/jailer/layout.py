@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 from dataclasses import dataclass
 
 from firelet.errors import FireletError
@@ -56,6 +57,7 @@ def prepare(jail: Jail, uid: int, gid: int, top_level: dict[str, str | None],
     if not os.path.lexists(run):  # the default --api-sock is /run/firecracker.socket
         _make_dir(run, cleanup)
         os.chown(run, uid, gid)
+        cleanup.callback(_remove_sockets, run)  # a killed VMM leaves its API socket: useless once it is gone
     for name, link in sorted(top_level.items()):
         path = os.path.join(jail.root, name)
         if name in ("dev", "run") or os.path.lexists(path):
@@ -104,6 +106,13 @@ def _rmdir_if_empty(path: str) -> None:
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY):
             raise
+
+
+def _remove_sockets(directory: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+                os.unlink(entry.path)
 
 
 def _remove(path: str) -> None:

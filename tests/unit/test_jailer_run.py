@@ -297,7 +297,7 @@ def test_firelet_vmm_answers_its_api_from_inside_the_jail_and_stops_on_sigterm(b
         _wait_for(sock, proc)
         answer = _api_get(sock)
         proc.terminate()  # to the jailer: passed on to the VMM, which ends cleanly
-        out, err = proc.communicate(timeout=30)
+        _out, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -318,7 +318,7 @@ def test_a_vmm_over_its_memory_limit_is_reported_as_oom_and_cleaned_up(tmp_path:
     proc = _jailer("--id", "oom-1", "--exec-file", str(hog), "--uid", str(UID), "--gid", str(GID),
                    "--chroot-base-dir", str(base), "--parent-cgroup", parent,
                    "--cgroup", "memory.limit_in_bytes=64M")
-    out, err = proc.communicate(timeout=60)
+    _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 128 + 9
     assert err.startswith("firelet-jailer: error: the VMM ran out of memory: the OOM killer ended it"), err
     assert list(base.iterdir()) == []
