@@ -8,7 +8,6 @@ were never in :mod:`os`; the jailer needs them all. Each wrapper raises
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 # sched.h / linux/sched.h: namespace flags for unshare(2) and setns(2).
@@ -33,7 +32,8 @@ PR_GET_NO_NEW_PRIVS = 39
 
 SYS_PIVOT_ROOT = 155  # x86_64 syscall number (arch/x86/entry/syscalls/syscall_64.tbl)
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The interpreter's own symbols include libc's; find_library would run ldconfig (tens of ms).
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
