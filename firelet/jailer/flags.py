@@ -95,9 +95,10 @@ def parse(argv: list[str]) -> JailerArgs:
     else:
         own, vmm_args = argv, []
     ns = build_parser().parse_args(own)
-    check_id(ns.id)
+    vm_id = ns.id if isinstance(ns.id, str) else "--"  # argparse turns the value "--" (--id=--) into []
+    check_id(vm_id)
     return JailerArgs(
-        id=ns.id, exec_file=ns.exec_file, uid=ns.uid, gid=ns.gid, chroot_base_dir=ns.chroot_base_dir,
+        id=vm_id, exec_file=ns.exec_file, uid=ns.uid, gid=ns.gid, chroot_base_dir=ns.chroot_base_dir,
         netns=ns.netns, daemonize=ns.daemonize, new_pid_ns=ns.new_pid_ns, cgroup_version=int(ns.cgroup_version),
         cgroups=tuple(parse_cgroup(c) for c in ns.cgroup), parent_cgroup=_check_parent(ns.parent_cgroup),
         resource_limits=dict(parse_resource_limit(r) for r in ns.resource_limit), vmm_args=tuple(vmm_args),
