@@ -51,6 +51,13 @@ def _time_to_answer(argv: list[str], sock_path: Path, env: dict[str, str]) -> fl
         proc.wait(30)
 
 
+def _v2_controllers() -> list[str]:
+    try:
+        return Path("/sys/fs/cgroup/cgroup.controllers").read_text().split()
+    except OSError:
+        return []
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="starts to measure per way")
@@ -61,6 +68,7 @@ def main() -> int:
     vmm = Path(sys.executable).parent / "firelet-vmm"
     env = dict(os.environ, PYTHONPATH=str(REPO))
     jailer = [sys.executable, "-m", "firelet.jailer"]
+    version = "2" if "pids" in _v2_controllers() else "1"  # the rig: cgroup2 only; this host: pids in v1
     with tempfile.TemporaryDirectory(prefix="fj", dir="/tmp") as tmp:
         base = Path(tmp)
         plain_sock = base / "api.sock"
@@ -73,7 +81,7 @@ def main() -> int:
             "firelet-jailer --new-pid-ns --cgroup pids.max": (
                 [*jailer, "--id", "bench-b", "--exec-file", str(vmm), "--uid", str(UID), "--gid", str(GID),
                  "--chroot-base-dir", str(base), "--new-pid-ns", "--parent-cgroup", f"bench-{uuid.uuid4().hex[:6]}",
-                 "--cgroup", "pids.max=64", "--", "--api-sock", "/run/api.sock"],
+                 "--cgroup-version", version, "--cgroup", "pids.max=64", "--", "--api-sock", "/run/api.sock"],
                 base / "firelet-vmm" / "bench-b" / "root" / "run" / "api.sock"),
         }
         samples: dict[str, list[float]] = {}
