@@ -25,7 +25,7 @@ LD_CACHE = "/etc/ld.so.cache"
 RUNTIME_PACKAGES = ("msgspec",)
 
 
-class RuntimeError_(FireletError):
+class ExecFileError(FireletError):
     """The exec file cannot be run from inside a jail."""
 
 
@@ -69,7 +69,7 @@ def for_exec_file(exec_file: str) -> Exposure:
 def _check_same_python(exec_file: str, interpreter: str) -> None:
     if os.path.realpath(interpreter) != os.path.realpath(sys.executable) or \
             os.path.dirname(os.path.dirname(interpreter)) != sys.prefix:
-        raise RuntimeError_(f"exec file {exec_file}: its interpreter {interpreter} is not the jailer's "
+        raise ExecFileError(f"exec file {exec_file}: its interpreter {interpreter} is not the jailer's "
                             f"({sys.executable}); run the firelet-jailer installed beside it")
 
 
@@ -143,7 +143,7 @@ def add(exposure: Exposure, path: str) -> None:
             for other in [b for b in exposure.binds if b != path and b.startswith(path + "/")]:
                 del exposure.binds[other]  # now inside a bound directory
             return
-    raise RuntimeError_(f"{path}: too many levels of symbolic links")
+    raise ExecFileError(f"{path}: too many levels of symbolic links")
 
 
 def _covered(exposure: Exposure, path: str) -> bool:

@@ -78,7 +78,7 @@ def test_a_firelet_vmm_script_exposes_exactly_the_python_it_needs(tmp_path: Path
 def test_a_script_for_another_interpreter_is_refused(tmp_path: Path) -> None:
     script = tmp_path / "vmm"
     script.write_text("#!/usr/bin/env python3\n")
-    with pytest.raises(runtime.RuntimeError_, match="is not the jailer's"):
+    with pytest.raises(runtime.ExecFileError, match="is not the jailer's"):
         runtime.for_exec_file(str(script))
 
 
