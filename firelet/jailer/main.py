@@ -43,7 +43,8 @@ def step(name: str) -> Iterator[None]:
     except StepError:
         raise
     except FireletError as exc:
-        raise StepError(f"{name}: {exc}") from None
+        message = str(exc)
+        raise StepError(message if message.startswith(name.rstrip("s")) else f"{name}: {message}") from None
     except OSError as exc:
         where = f" {exc.filename}:" if exc.filename else ""
         raise StepError(f"{name}:{where} {exc.strerror or exc}") from None

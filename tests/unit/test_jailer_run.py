@@ -234,10 +234,10 @@ def test_netns_and_daemonize(tmp_path: Path, base: Path) -> None:
     ("non-executable exec file", "firelet-jailer: error: exec file {tmp}/probe: not executable"),
     ("missing netns", "firelet-jailer: error: netns: /var/run/netns/firelet-no-such: No such file or directory"),
     ("not a netns", "firelet-jailer: error: netns {tmp}/secret: setns: Invalid argument"),
-    ("unknown cgroup file", "firelet-jailer: error: cgroups: cgroup pids.nope: no such file in"),
-    ("unwritable cgroup file", "firelet-jailer: error: cgroups: cgroup memory.usage_in_bytes=5: the kernel refused"),
-    ("cgroup controller not in v2", "firelet-jailer: error: cgroups: cgroup: the 'pids' controller is not available"),
-    ("existing jail", "firelet-jailer: error: jail: jail {base}/probe/same/root exists and holds dev"),
+    ("unknown cgroup file", "firelet-jailer: error: cgroup pids.nope: no such file in"),
+    ("unwritable cgroup file", "firelet-jailer: error: cgroup memory.usage_in_bytes=5: the kernel refused"),
+    ("cgroup controller not in v2", "firelet-jailer: error: cgroup: the 'pids' controller is not available"),
+    ("existing jail", "firelet-jailer: error: jail {base}/probe/same/root exists and holds dev"),
 ])
 def test_bad_input_is_one_line_and_leaves_nothing(tmp_path: Path, base: Path, case: str, message: str) -> None:
     probe = _probe(tmp_path, reads=[], writes=[])
