@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from firelet import __version__
 from firelet.errors import UsageError
 
 DEFAULT_CHROOT_BASE = "/srv/jailer"  # jailer.md: "The default is /srv/jailer"
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-cgroup", metavar="PATH", help="cgroup under which <id> is made (default: exec name)")
     p.add_argument("--resource-limit", action="append", default=[], metavar="RESOURCE=VALUE",
                    help="fsize=BYTES or no-file=N (repeatable)")
+    p.add_argument("--version", action="version", version=f"firelet-jailer v{__version__}")
     return p
 
 

@@ -91,3 +91,22 @@ def test_any_other_id_is_refused(vm_id: str) -> None:
 def test_ids_longer_than_64_are_refused(vm_id: str) -> None:
     with pytest.raises(UsageError, match="1 to 64"):
         flags.check_id(vm_id)
+
+
+def test_help_and_version_answer_without_a_jail() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import firelet
+
+    env = dict(os.environ, PYTHONPATH=str(Path(firelet.__file__).resolve().parent.parent))
+    version = subprocess.run([sys.executable, "-m", "firelet.jailer", "--version"], capture_output=True, text=True,
+                             env=env)
+    assert (version.returncode, version.stdout.strip()) == (0, f"firelet-jailer v{firelet.__version__}")
+    usage = subprocess.run([sys.executable, "-m", "firelet.jailer", "--help"], capture_output=True, text=True, env=env)
+    assert usage.returncode == 0
+    for flag in ("--id", "--exec-file", "--uid", "--gid", "--chroot-base-dir", "--netns", "--daemonize",
+                 "--new-pid-ns", "--cgroup-version", "--cgroup", "--parent-cgroup", "--resource-limit"):
+        assert flag in usage.stdout
