@@ -147,3 +147,36 @@ def test_bad_policies_are_refused_in_one_line(tmp_path: Path, flt: dict, message
     with pytest.raises(SeccompError, match=message) as info:
         resolve_policy(False, str(path))
     assert "\n" not in str(info.value)
+
+
+ESCAPES = {
+    "nothing": "pass",  # the control: the confined thread lives, writes and ends
+    "execve": "os.execv('/bin/true', ['true'])",
+    "ptrace": "ptrace(16, os.getppid(), None, None)",  # PTRACE_ATTACH to the test runner
+    "socket(AF_INET)": "socket.socket(socket.AF_INET, socket.SOCK_STREAM)",
+    "ioctl(FIONREAD)": "fcntl.ioctl(r, 0x541B, bytearray(4))",  # not in any thread's list
+}
+
+
+@pytest.mark.parametrize("kind", ["vmm", "api", "vcpu"])
+@pytest.mark.parametrize("escape", list(ESCAPES))
+def test_firelets_policy_kills_escape_attempts_from_each_thread_kind(kind: str, escape: str) -> None:
+    # The thread confines itself with firelet's own filter for its kind, then tries the escape.
+    child = run_child(f"""
+    import ctypes, fcntl, os, socket, threading
+    from firelet.seccomp import install
+    libc = ctypes.CDLL(None, use_errno=True)
+    ptrace = libc.ptrace
+    r, w = os.pipe()
+    def thread():
+        install({kind!r})
+        {ESCAPES[escape]}
+        os.write(w, b"survived")
+    t = threading.Thread(target=thread)
+    t.start(); t.join()
+    print(os.read(r, 100).decode())
+    """)
+    if escape == "nothing":
+        assert (child.returncode, child.stdout) == (0, "survived\n"), child.stderr
+    else:
+        assert child.returncode == -signal.SIGSYS, (child.stdout, child.stderr)
