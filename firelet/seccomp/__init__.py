@@ -72,7 +72,7 @@ def install(kind: str, policy: Policy | None = None) -> None:
 
     Sets no_new_privs first (seccomp(2) requires it of unprivileged callers). Irrevocable.
     """
+    from firelet.seccomp.attach import install_program
     from firelet.seccomp.compiler import compile_filter
-    from firelet.seccomp.install import install_program
 
     install_program(compile_filter(filter_for(kind, policy if policy is not None else default_policy()), kind))

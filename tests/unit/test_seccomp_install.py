@@ -180,3 +180,11 @@ def test_firelets_policy_kills_escape_attempts_from_each_thread_kind(kind: str, 
         assert (child.returncode, child.stdout) == (0, "survived\n"), child.stderr
     else:
         assert child.returncode == -signal.SIGSYS, (child.stdout, child.stderr)
+
+
+def test_install_stays_the_function_after_use() -> None:
+    # A submodule named like the function would replace it on the package at its first import.
+    import firelet.seccomp
+    from firelet.seccomp import attach  # noqa: F401 - importing it must not shadow install()
+
+    assert callable(firelet.seccomp.install)

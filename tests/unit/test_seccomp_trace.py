@@ -35,6 +35,11 @@ TRACE = """\
 103 newfstatat(-100 /* AT_FDCWD */, "/firelet-seccomp-mark/thread/fc_api", 0x7f, 0) = -1 ENOENT (No such file)
 103 socket(0x1 /* AF_UNIX */, 0x80801 /* SOCK_STREAM|SOCK_CLOEXEC|SOCK_NONBLOCK */, 0) = 7
 103 openat(-100 /* AT_FDCWD */, "/usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so", 0x80000) = 8
+103 clone3({flags=0x3d0f00 /* CLONE_VM|CLONE_THREAD */, child_tid=0x7f}, 88 <unfinished ...>
+105 set_robust_list(0x7f9c, 24) = 0
+103 <... clone3 resumed> => {parent_tid=[105]}, 88) = 105
+105 newfstatat(-100 /* AT_FDCWD */, "/firelet-seccomp-mark/thread/fc_metrics", 0x7f, 0) = -1 ENOENT (No such file)
+105 write(9, "{}\n", 3) = 3
 104 newfstatat(-100 /* AT_FDCWD */, "/firelet-seccomp-mark/thread/fl-helper", 0x7f, 0) = -1 ENOENT (No such file)
 104 getpid() = 100
 --- SIGUSR1 {si_signo=SIGUSR1, si_code=SI_TKILL, si_pid=100, si_uid=0} ---
@@ -42,13 +47,14 @@ TRACE = """\
 """
 
 
-def test_calls_count_from_each_threads_confinement_point(tmp_path: Path) -> None:
+def test_calls_count_from_each_threads_confinement_point_and_under_its_creators_filter(tmp_path: Path) -> None:
     trace = tmp_path / "trace"
     trace.write_text(TRACE)
     result = load_script().parse(trace)
     calls = {kind: sorted(names) for kind, names in result["calls"].items()}
-    assert calls == {"main": ["futex"], "vcpu": ["ioctl"], "vmm": ["fcntl", "mmap"], "api": ["openat", "socket"],
-                     "unknown:fl-helper": ["getpid"]}
+    # The metrics thread, started by the confined API thread, runs under the API's filter too.
+    assert calls == {"main": ["futex"], "vcpu": ["ioctl"], "vmm": ["fcntl", "mmap"], "metrics": ["write"],
+                     "api": ["clone3", "openat", "set_robust_list", "socket", "write"], "unknown:fl-helper": ["getpid"]}
     assert result["values"]["vcpu"] == {"ioctl": {str(0xAE80): "KVM_RUN"}}
     assert result["values"]["vmm"] == {"mmap": {"0": "PROT_NONE"}, "fcntl": {"3": "F_GETFL"}}
     assert result["values"]["api"] == {"socket": {"1": "AF_UNIX"}}
