@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from firelet.errors import UsageError
-from firelet.seccomp import SeccompError, resolve_policy
+from firelet.seccomp import SeccompError, filter_for, resolve_policy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -115,7 +115,11 @@ def test_resolve_policy_from_the_flags(tmp_path: Path) -> None:
     custom = tmp_path / "custom.json"
     flt = {"default_action": "trap", "filter_action": "allow", "filter": [{"syscall": "read"}]}
     custom.write_text(json.dumps({"vmm": flt, "api": flt, "vcpu": flt}))
-    assert set(resolve_policy(False, str(custom)) or {}) == {"vmm", "api", "vcpu"}
+    policy = resolve_policy(False, str(custom))
+    assert policy is not None and set(policy) == {"vmm", "api", "vcpu"}
+    assert filter_for("metrics", policy) is policy["vmm"]  # firelet's other threads take the VMM's filter
+    with pytest.raises(SeccompError, match="no filter for thread kind 'gpu'; it defines api, vcpu, vmm"):
+        filter_for("gpu", policy)
     custom.write_text(json.dumps({"vmm": flt}))
     with pytest.raises(SeccompError, match="no filter for thread kind"):
         resolve_policy(False, str(custom))
