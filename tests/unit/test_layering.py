@@ -21,8 +21,9 @@ import firelet
 # package and everything under it.
 LAYERS: list[tuple[str, ...]] = [
     # The foundation every layer may use: error types, the lazy logger, the metrics
-    # registry and the Firecracker-style log/metrics writer, the snapshot records.
-    ("firelet.errors", "firelet.log", "firelet.metrics", "firelet.logs", "firelet.snapshot"),
+    # registry and the Firecracker-style log/metrics writer, the snapshot records, the
+    # seccomp filters (every VMM thread installs its own).
+    ("firelet.errors", "firelet.log", "firelet.metrics", "firelet.logs", "firelet.snapshot", "firelet.seccomp"),
     ("firelet.kvm",),         # thin bindings: /dev/kvm, VM and vCPU fds, the kernel's structures
     ("firelet.memory",),      # guest RAM
     ("firelet.arch",),        # x86-64: memory layout, kernel loader, boot params, PVH, MP table, regs, CPUID
