@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from firelet.hostnet.addressing import GuestSettings
-from firelet.hostnet.errors import BadInput, HostNetError, NameTaken
+from firelet.hostnet.errors import BadInput, HostNetError, NameTaken, NotPermitted
 
 DEFAULT_STATE_DIR = Path("/run/firelet/net")
 
@@ -130,7 +130,11 @@ def forget(state_dir: Path, name: str) -> None:
 
 def load_all(state_dir: Path) -> list[NetSetup]:
     try:
-        paths = sorted(state_dir.glob("*.json"))
-    except OSError:
-        return []
-    return [load(state_dir, p.stem) for p in paths]
+        if not state_dir.exists():
+            return []
+        readable = os.access(state_dir, os.R_OK | os.X_OK)  # glob would quietly find nothing
+    except PermissionError:
+        readable = False
+    if not readable:
+        raise NotPermitted(f"cannot read the network setup records in {state_dir}: run this as root (sudo)")
+    return [load(state_dir, p.stem) for p in sorted(state_dir.glob("*.json"))]

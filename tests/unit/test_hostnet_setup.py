@@ -15,14 +15,26 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from ipaddress import IPv4Interface, IPv4Network
 from pathlib import Path
 
 import pytest
 
-from firelet.hostnet import HostNetError, NameTaken, NetSetup, NetSpec, down, links, list_setups, up
+from firelet.hostnet import (
+    HostNetError,
+    MissingKernelSupport,
+    NameTaken,
+    NetSetup,
+    NetSpec,
+    down,
+    links,
+    list_setups,
+    up,
+)
 from firelet.hostnet.addressing import free_subnet, peer_address
+from firelet.hostnet.checks import require_tun
 from firelet.hostnet.netns import create_netns, list_netns, netns_exists, netns_path, remove_netns, rtnl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -259,3 +271,32 @@ def test_setups_list_what_is_recorded(state_dir: Path) -> None:
         up(NetSpec(name=name, tap=unique("fltap"), tap_address=free_here("203.0.113.0/24")), state_dir)
     assert sorted(s.name for s in list_setups(state_dir)) == sorted(names)
     assert all(isinstance(s, NetSetup) for s in list_setups(state_dir))
+
+
+def test_without_nft_nat_is_refused_in_one_line(tmp_path: Path) -> None:
+    name = unique("fl")
+    done = firelet("net", "up", name, "--nat-out", "lo", "--state-dir", str(tmp_path), prefix=("env", "PATH=/usr/bin:/bin"))
+    _one_line_error(done, 69, "nftables package")
+    assert list(tmp_path.iterdir()) == []  # refused before anything was made
+
+
+def test_a_missing_tun_device_is_refused_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(MissingKernelSupport, match="tun module") as err:
+        require_tun(tmp_path / "no-tun")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("traversable", [True, False])
+def test_listing_records_it_cannot_read_is_refused_not_shown_empty(tmp_path: Path, traversable: bool) -> None:
+    """As nobody: a root-only record directory, reachable or behind a directory nobody cannot enter."""
+    outer = Path(tempfile.mkdtemp(prefix="fltest-", dir="/tmp"))
+    try:
+        outer.chmod(0o755 if traversable else 0o700)
+        state = outer / "state"
+        state.mkdir(mode=0o700)
+        (state / "vm1.json").write_text("{}")
+        done = firelet("net", "list", "--state-dir", str(state),
+                       prefix=("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups"))
+    finally:
+        shutil.rmtree(outer)
+    _one_line_error(done, 77, "run this as root")
