@@ -88,8 +88,17 @@ def _preflight(spec: NetSpec, state_dir: Path) -> str | None:
         if clash:
             raise BadInput(f"the TAP subnet {spec.tap_address.network} overlaps {clash[0]} on this host: "
                            "pick another --addr")
-    elif spec.veth and links.link_exists(veth_host_end(spec.name)):
-        raise NameTaken(f"interface {veth_host_end(spec.name)!r} exists already: pick another setup name")
+    elif spec.veth:
+        if links.link_exists(veth_host_end(spec.name)):
+            raise NameTaken(f"interface {veth_host_end(spec.name)!r} exists already: pick another setup name")
+        if spec.veth_address is not None:
+            clash = [net for net in links.networks_in_use() if net.overlaps(spec.veth_address.network)]
+            if clash:
+                raise BadInput(f"the veth subnet {spec.veth_address.network} overlaps {clash[0]} on this host: "
+                               "pick another --veth-addr")
+    if nft is not None and nat.table_exists(nft, host_nat_table(spec.name)):
+        raise NameTaken(f"nft table ip {host_nat_table(spec.name)} exists already: "
+                        f"remove it (nft delete table ip {host_nat_table(spec.name)}) or pick another name")
     if spec.nat_out is not None and not links.link_exists(spec.nat_out):
         raise BadInput(f"--nat-out interface {spec.nat_out!r} does not exist on this host")
     return nft

@@ -300,3 +300,31 @@ def test_listing_records_it_cannot_read_is_refused_not_shown_empty(tmp_path: Pat
     finally:
         shutil.rmtree(outer)
     _one_line_error(done, 77, "run this as root")
+
+
+def test_forwarding_stays_on_while_another_setups_nat_needs_it(tmp_path: Path, scratch_netns: Callable[[], str]) -> None:
+    host = scratch_netns()
+    state = str(tmp_path / "state")
+    forwarding = ip_forward(host)
+    first, second = unique("fl"), unique("fl")
+    for name, tap, addr in ((first, "fltapa", "203.0.113.1/30"), (second, "fltapb", "203.0.113.5/30")):
+        made = firelet("net", "up", name, "--tap", tap, "--addr", addr, "--nat-out", "lo", "--state-dir", state,
+                       netns=host)
+        assert made.returncode == 0, made.stderr
+    assert ip_forward(host) == "1"
+    assert firelet("net", "down", first, "--state-dir", state, netns=host).returncode == 0
+    assert ip_forward(host) == "1"  # the second setup's NAT still forwards
+    gone = firelet("net", "down", second, "--state-dir", state, netns=host)
+    assert gone.returncode == 0 and "sysctl net.ipv4.ip_forward (was" in gone.stdout
+    assert ip_forward(host) == forwarding
+
+
+def test_a_stale_nft_table_of_the_same_name_is_refused_before_anything_is_made(
+        tmp_path: Path, scratch_netns: Callable[[], str]) -> None:
+    host = scratch_netns()
+    name = unique("fl")
+    subprocess.run(["nsenter", f"--net={netns_path(host)}", "nft", "add", "table", "ip", f"firelet-{name}"], check=True)
+    done = firelet("net", "up", name, "--tap", "fltapc", "--nat-out", "lo", "--state-dir", str(tmp_path), netns=host)
+    _one_line_error(done, 2, f"nft table ip firelet-{name} exists already")
+    listing = subprocess.run(["ip", "-n", host, "-o", "link"], capture_output=True, text=True, check=True).stdout
+    assert "fltapc" not in listing and list(tmp_path.iterdir()) == []
