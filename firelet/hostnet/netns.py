@@ -88,7 +88,11 @@ def _setns(path: Path) -> None:
 
 
 def run_in_netns(name: str | None, func: Callable[[], T]) -> T:
-    """``func()`` on a thread inside namespace ``name`` (None: here, on this thread)."""
+    """``func()`` on a thread inside namespace ``name`` (None: here, on this thread).
+
+    For raw syscalls, /proc/sys/net files and subprocesses; not for pyroute2 handles,
+    whose 0.9 line opens its socket lazily on whichever thread first uses it: use :func:`rtnl`.
+    """
     if name is None:
         return func()
     path = netns_path(name)
