@@ -36,9 +36,9 @@ LAYERS: list[tuple[str, ...]] = [
     ("firelet.controller",),  # what the API needs from the VMM, and the real one
     ("firelet.api",),         # the HTTP API: server and routes
     ("firelet.microvm",),     # the Python library API
-    # Beside the VMM: the jailer and the developer tooling (guest images, the nested
-    # rig). They may use the runtime; the runtime never imports them.
-    ("firelet.jailer", "firelet.devtools"),
+    # Beside the VMM: the jailer, host networking (TAPs, namespaces, NAT) and the developer
+    # tooling (guest images, the nested rig). They may use the runtime; the runtime never imports them.
+    ("firelet.jailer", "firelet.hostnet", "firelet.devtools"),
     ("firelet.cli", "firelet.__main__"),  # the commands
 ]
 
@@ -70,7 +70,8 @@ KNOWN_VIOLATIONS: set[str] = {
 }
 
 # What the VMM process (firelet-vmm) must never load, on any path it can take.
-NOT_FOR_THE_VMM = ("firelet.devtools", "firelet.cli.build", "firelet.cli.demo", "firelet.cli.nested")
+NOT_FOR_THE_VMM = ("firelet.devtools", "firelet.hostnet", "firelet.cli.build", "firelet.cli.demo",
+                   "firelet.cli.nested", "firelet.cli.net")
 
 PACKAGE_DIR = Path(firelet.__file__).resolve().parent
 
