@@ -47,6 +47,9 @@ class Area:
             raise AttributeError(name)
         return 0
 
+    def __setattr__(self, name: str, value: int) -> None:  # any counter name may be set
+        self.__dict__[name] = value
+
     def add(self, name: str, amount: int = 1) -> None:
         """Increment a counter whose name is computed (e.g. a vCPU exit reason or an endpoint)."""
         self.__dict__[name] = self.__dict__.get(name, 0) + amount

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from firelet.devices.legacy.console import ConsoleBuffer, FdSink
 from firelet.devices.legacy.output import Sink
 from firelet.vstate.exits import ExitKind, VmExit
+
+if TYPE_CHECKING:
+    from firelet.vstate.vmm import Vmm
 
 PathLike = str | os.PathLike[str]
 
@@ -65,7 +68,7 @@ class MicroVM:
 
             args = cmdline if cmdline is not None else DEFAULT_BOOT_ARGS
             if cmd is not None:
-                from firelet.devtools.images import guest_cmdline_for
+                from firelet.guest import guest_cmdline_for
 
                 args = f"{args} {guest_cmdline_for(cmd)}"
             all_drives = []
@@ -102,7 +105,7 @@ class MicroVM:
         self._interactive = interactive
         self._kvm_path = kvm_path
         self._boot_timer = boot_timer
-        self.vmm = None
+        self.vmm: Vmm | None = None
 
     @classmethod
     def from_config_file(cls, path: PathLike, **kwargs: Any) -> MicroVM:
@@ -113,7 +116,6 @@ class MicroVM:
     def start(self) -> MicroVM:
         """Build the VM and start its vCPUs; returns at once (the guest boots in the background)."""
         from firelet.builder.boot import ConsoleSpec, build_vmm
-
         from firelet.outputs import open_outputs
 
         if self.vmm is not None:
@@ -199,7 +201,7 @@ class MicroVM:
             self._outputs.close()
             self._outputs = None
 
-    def _running(self):  # noqa: ANN202
+    def _running(self):
         if self.vmm is None:
             raise RuntimeError("the MicroVM has not been started")
         return self.vmm

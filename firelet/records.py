@@ -113,7 +113,7 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return tuple(_convert(args[0], item, f"{where}[{i}]") for i, item in enumerate(value))
         if len(args) != len(value):
             raise RecordError(f"saved state {where} should have {len(args)} items, not {len(value)}")
-        return tuple(_convert(t, item, f"{where}[{i}]") for i, (t, item) in enumerate(zip(args, value)))
+        return tuple(_convert(t, item, f"{where}[{i}]") for i, (t, item) in enumerate(zip(args, value, strict=False)))
     if dataclasses.is_dataclass(tp):
         return _record(typing.cast("type[Record]", tp), value, where)
     if tp is bytes:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from firelet.api.routing import NOT_AFTER_BOOT, NOT_BEFORE_BOOT, Fault
+from firelet.api.faults import NOT_AFTER_BOOT, NOT_BEFORE_BOOT, Fault
 from firelet.api.server import DEFAULT_MAX_PAYLOAD, Request
 from firelet.config import model as cfg
 from firelet.controller.interface import BackendError, VmmBackend

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import msgspec
 
+from firelet.api.faults import Fault
 from firelet.api.server import Response
 
 if TYPE_CHECKING:  # pragma: no cover - a type only; the context imports nothing from here at run time
@@ -23,18 +24,8 @@ if TYPE_CHECKING:  # pragma: no cover - a type only; the context imports nothing
 T = TypeVar("T")
 
 # Firecracker's wording for the state rules (its ``VmmActionError::OperationNotSupported*``).
-NOT_AFTER_BOOT = "The requested operation is not supported after starting the microVM."
-NOT_BEFORE_BOOT = "The requested operation is not supported before starting the microVM."
 #: Path prefixes whose last segment is a resource id (``/drives/rootfs`` -> ``/drives/{id}``).
 ID_PREFIXES = ("/drives/", "/network-interfaces/", "/pmem/")
-
-
-class Fault(Exception):
-    """Ends a request with a 400 (or ``status``) and this message as ``fault_message``."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 #: A handler gets the API's state, the request and the id from the path ("" when the path has none).

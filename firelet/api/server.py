@@ -90,14 +90,16 @@ def bind_unix_socket(path: str) -> socket.socket:
         mode = None
     if mode is not None:
         if not stat.S_ISSOCK(mode):
-            raise FireletError(f"API socket path {path} exists and is not a socket; remove it or choose another --api-sock")
+            raise FireletError(f"API socket path {path} exists and is not a socket; remove it or "
+                               "choose another --api-sock")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError:
             os.unlink(path)  # stale: nobody is listening
         else:
-            raise FireletError(f"API socket {path} is in use by a running process; stop it or choose another --api-sock")
+            raise FireletError(f"API socket {path} is in use by a running process; stop it or choose "
+                               "another --api-sock")
         finally:
             probe.close()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)

@@ -14,16 +14,17 @@ exist and are wired before any vCPU exists.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
-from firelet.errors import FireletError, UsageError
-from firelet.log import get_logger
 from firelet.arch.x86_64 import layout
 from firelet.builder.spec import BuildInputs
 from firelet.builder.spec import ConsoleSpec as ConsoleSpec  # callers make theirs from here
 from firelet.config.model import VmConfig, check_startable
 from firelet.devices.legacy.console import NullSink
+from firelet.errors import FireletError, UsageError
+from firelet.log import get_logger
 
 if TYPE_CHECKING:  # pragma: no cover - imported by build_vmm once the kernel is loading
     from firelet.builder.spec import DeviceKinds
@@ -151,7 +152,6 @@ def build_vmm(
     firelet-vmm passes the one its API already counts in).
     ``kinds``: the device kinds to plan from (default: :data:`firelet.builder.registry.DEVICE_KINDS`).
     """
-    from firelet.memory.guest import GuestMemory
     from firelet.arch.x86_64.ram import guest_ram
 
     check_inputs(config)
@@ -169,9 +169,9 @@ def build_vmm(
     loading = _Background(lambda: _read_images(memory, config))
     waits: Any = None
     try:
+        from firelet.events.loop import EventLoop
         from firelet.kvm import Kvm, install_kick_handler
         from firelet.kvm.ioctls import KVM_CAP_COALESCED_PIO
-        from firelet.events.loop import EventLoop
         from firelet.vstate.vcpu import VcpuGate
         from firelet.vstate.vmm import Vmm, VmmResources
 
@@ -302,9 +302,7 @@ def _read_images(mem: Any, config: VmConfig) -> tuple[Any, tuple[int, int] | Non
 
 def _load_guest(vmm: Vmm, config: VmConfig, cmdline: str, kernel: Any, initrd: tuple[int, int] | None) -> None:
     """Write the command line and boot structures for the loaded ``kernel``; choose the entry."""
-    from firelet.arch.x86_64 import bootparams
-    from firelet.arch.x86_64 import loader
-    from firelet.arch.x86_64 import mptable
+    from firelet.arch.x86_64 import bootparams, loader, mptable
 
     assert config.boot_source is not None
     mem = vmm.memory
@@ -327,8 +325,7 @@ def _load_guest(vmm: Vmm, config: VmConfig, cmdline: str, kernel: Any, initrd: t
 
 
 def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
-    from firelet.arch.x86_64 import regs
-    from firelet.arch.x86_64 import cpuid
+    from firelet.arch.x86_64 import cpuid, regs
     from firelet.vstate.vcpu import Vcpu
 
     mem = vmm.memory

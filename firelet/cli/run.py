@@ -61,9 +61,9 @@ def parse_drive(spec: str) -> dict[str, Any]:
     return drive
 
 
-def _console(spec: str):  # noqa: ANN202
-    from firelet.devices.legacy.console import FdSink, NullSink
+def _console(spec: str):
     from firelet.cli.terminal import is_interactive
+    from firelet.devices.legacy.console import FdSink, NullSink
 
     if spec == "stdio":
         return FdSink(sys.stdout.fileno()), is_interactive()
@@ -81,12 +81,13 @@ def _console(spec: str):  # noqa: ANN202
 
 def build_microvm(args: argparse.Namespace) -> tuple[Any, bool]:
     """The MicroVM the arguments describe, and whether its console is interactive (:func:`console_for`)."""
-    from firelet.microvm import MicroVM
     from firelet.config.model import load_config_file
+    from firelet.microvm import MicroVM
 
     if args.config_file:
         if args.kernel or args.rootfs or args.drive or args.initrd:
-            raise UsageError("--config-file describes the whole VM; do not combine it with --kernel/--rootfs/--drive/--initrd")
+            raise UsageError("--config-file describes the whole VM; do not combine it with "
+                             "--kernel/--rootfs/--drive/--initrd")
         config = load_config_file(args.config_file)
         sink, interactive = console_for(args.console, config)
         return MicroVM(config=config, console=sink, interactive=interactive, kvm_path=args.kvm_device,

@@ -21,8 +21,8 @@ from firelet import FIRECRACKER_API_VERSION, __version__
 from firelet.errors import FireletError, UsageError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from firelet.controller.interface import VmmBackend
     from firelet.api.routes import Api
+    from firelet.controller.interface import VmmBackend
 
 log = logging.getLogger("firelet.vmm")
 
@@ -58,7 +58,8 @@ def build_parser(prog: str = "firelet-vmm") -> argparse.ArgumentParser:
     p.add_argument("--boot-timer", action="store_true",
                    help="log the guest's boot time when it writes 123 to the first MMIO window (0xd0000000)")
     p.add_argument("--http-api-max-payload-size", type=int, default=DEFAULT_MAX_PAYLOAD, metavar="BYTES")
-    p.add_argument("--mmds-size-limit", type=int, metavar="BYTES", help="MMDS data store limit (default: the payload limit)")
+    p.add_argument("--mmds-size-limit", type=int, metavar="BYTES",
+                   help="MMDS data store limit (default: the payload limit)")
     p.add_argument("--metadata", metavar="PATH", help="JSON file to put in the MMDS data store at start")
     p.add_argument("--enable-pci", action="store_true",
                    help="accepted; firelet has no PCI transport yet, so devices stay on virtio-mmio (logged)")
@@ -209,7 +210,7 @@ def _report_vcpus(backend: Any) -> None:
         return
     try:
         lines = backend.submit(vmm.describe_vcpus).result(timeout=_REPORT_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 - a diagnostic must not end the VMM
+    except Exception as exc:  # a diagnostic must not end the VMM
         lines = [f"vCPU state unavailable ({type(exc).__name__}: {exc})"]
     print("\n".join(f"firelet-vmm: {line}" for line in lines), file=sys.stderr, flush=True)
 
@@ -340,7 +341,7 @@ def _close_backend(backend: Any) -> None:
     if close is not None:
         try:
             close()
-        except Exception:  # noqa: BLE001 - leaving anyway; say so in the log
+        except Exception:  # leaving anyway; say so in the log
             log.warning("closing the VMM failed", exc_info=True)
 
 

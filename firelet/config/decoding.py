@@ -45,7 +45,8 @@ def _describe(value: Any) -> str:
 
 
 def format_validation_error(exc: msgspec.ValidationError | ValueError, data: bytes | None = None) -> str:
-    """msgspec's ``Expected `int` >= 1 - at `$.machine-config.vcpu_count``` as ``machine-config.vcpu_count: expected int >= 1, got 0``."""
+    """msgspec's ``Expected `int` >= 1 - at `$.machine-config.vcpu_count```, said as
+    ``machine-config.vcpu_count: expected int >= 1, got 0``."""
     match = re.match(_AT, str(exc), re.S)
     assert match is not None  # the pattern matches any string
     msg, path = match.group("msg"), match.group("path") or ""

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from firelet.arch.x86_64 import layout
 from firelet.config.decoding import (  # noqa: F401 - re-exported: the config's decoding API
     ConfigError,
     convert,
@@ -23,7 +24,6 @@ from firelet.config.decoding import (  # noqa: F401 - re-exported: the config's 
     format_validation_error,
     to_builtins,
 )
-from firelet.arch.x86_64 import layout
 
 # Ranges from firecracker.yaml (MachineConfiguration, Vsock, TokenBucket, NetworkInterface).
 MIN_VCPUS = 1

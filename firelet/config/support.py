@@ -11,12 +11,13 @@ configuration when the VM starts.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 
-if TYPE_CHECKING:  # pragma: no cover - only attributes are read
-    from firelet.config.model import VmConfig
+#: A ``firelet.config.model.VmConfig``; only its attributes are read, and the model calls
+#: this module, so it is not imported here (no cycle).
+VmConfig = Any
 
 
 class Unsupported(NamedTuple):

@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeVar, runtime_checkable
 from firelet.errors import FireletError
 
 if TYPE_CHECKING:  # pragma: no cover - keeps msgspec off this module's import path
-    from firelet.config.requests import SnapshotCreateParams, SnapshotLoadParams
     from firelet.config.model import Balloon, RateLimiter, VmConfig
+    from firelet.config.requests import SnapshotCreateParams, SnapshotLoadParams
 
 T = TypeVar("T")
 

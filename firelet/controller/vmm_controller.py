@@ -13,10 +13,10 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from firelet import threads
-from firelet.controller.interface import BackendError, NotSupported
+from firelet.controller.interface import BackendError, NotSupported, VmRunState
+from firelet.events.loop import EventLoop, LoopStopped
 from firelet.log import get_logger
 from firelet.metrics import Metrics
-from firelet.events.loop import EventLoop, LoopStopped
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -48,7 +48,7 @@ class VmmController:
         return future
 
     @property
-    def state(self) -> str:
+    def state(self) -> VmRunState:
         if self.vmm is None:
             return "Not started"
         state = self.vmm.state
@@ -136,9 +136,8 @@ class VmmController:
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Block until the VM ends; its exit code (0 for a clean end), None on timeout."""
-        if self.vmm is None:
-            if not self._ended.wait(timeout):
-                return None
+        if self.vmm is None and not self._ended.wait(timeout):
+            return None
         outcome = self.vmm.wait(timeout)
         if outcome is None:
             return None

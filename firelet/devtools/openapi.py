@@ -199,7 +199,8 @@ def main(argv: list[str]) -> int:
 
     source = Path(argv[0]) if argv else firecracker_yaml()
     if source is None:
-        print(f"firecracker.yaml not found in {' or '.join(map(str, SPECS_CANDIDATES))}; give its path", file=sys.stderr)
+        print(f"firecracker.yaml not found in {' or '.join(map(str, SPECS_CANDIDATES))}; give its "
+              "path", file=sys.stderr)
         return 2
     fc = yaml.safe_load(source.read_text())
     OUT.write_text(json.dumps(build(fc), indent=1) + "\n")

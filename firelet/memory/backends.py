@@ -170,7 +170,8 @@ def file(path: str | os.PathLike[str], ranges: Iterable[tuple[int, int]], *, sha
     if have < total:
         os.close(fd)
         raise GuestMemoryError(
-            f"guest memory file {path} has {have} bytes but the guest needs {total}; give the file saved with this memory size"
+            f"guest memory file {path} has {have} bytes but the guest needs {total}; give the file "
+            "saved with this memory size"
         )
     return _map_fd(fd, ranges, shared=shared, what=f"file {path}")
 
@@ -185,7 +186,8 @@ def _map_fd(fd: int, ranges: list[tuple[int, int]], *, shared: bool, what: str) 
             try:
                 mapping = mmap.mmap(fd, size, flags=flags, prot=_PROT_RW, offset=fd_offset)
             except OSError as exc:
-                raise GuestMemoryError(f"cannot map {size >> 20} MiB of guest memory from {what}: {exc.strerror}") from exc
+                raise GuestMemoryError(f"cannot map {size >> 20} MiB of guest memory from {what}: "
+                                       f"{exc.strerror}") from exc
             if hasattr(mmap, "MADV_DONTDUMP"):
                 mapping.madvise(mmap.MADV_DONTDUMP)
             regions.append(MemoryRegion(guest_addr, size, mapping, 0, fd, fd_offset, shared))

@@ -37,7 +37,7 @@ class GuestMemory:
 
     def __init__(self, regions: Sequence[MemoryRegion], backend: str = "anonymous") -> None:
         self.regions: tuple[MemoryRegion, ...] = tuple(sorted(regions, key=lambda r: r.guest_addr))
-        for prev, cur in zip(self.regions, self.regions[1:]):
+        for prev, cur in zip(self.regions, self.regions[1:], strict=False):
             if cur.guest_addr < prev.end:
                 backends.release(self.regions)
                 raise ValueError("guest memory regions overlap")

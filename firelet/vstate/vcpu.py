@@ -194,7 +194,7 @@ class Vcpu:
             text = (f"rip={regs.rip:#x} rsp={regs.rsp:#x} rflags={regs.rflags:#x} cr3={sregs.cr3:#x} "
                     f"mp_state={self.fd.get_mp_state()} irq_pending={events.interrupt.injected} "
                     f"nmi_pending={events.nmi.pending}")
-        except Exception as exc:  # noqa: BLE001 - a diagnostic must never fail the stop
+        except Exception as exc:  # a diagnostic must never fail the stop
             return f"state unavailable ({exc})"
         if memory is not None and impossible_page_table_root(sregs.cr0, sregs.cr3, memory):
             text += f" ({IMPOSSIBLE_STATE}: cr3 is outside guest RAM)"

@@ -11,14 +11,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
+from firelet.arch.x86_64 import layout
+from firelet.events.loop import EventLoop
 from firelet.log import DEBUG, get_logger
 from firelet.metrics import Metrics
-from firelet.arch.x86_64 import layout
 from firelet.vstate.bus import Bus
 from firelet.vstate.device_registry import DeviceRegistry
-from firelet.events.loop import EventLoop
 from firelet.vstate.exits import ExitKind, VmExit
 from firelet.vstate.vcpu import Vcpu, VcpuGate
 
@@ -53,7 +53,7 @@ class Vmm:
         self.kernel: Any = None
         self.cmdline = ""
         #: How the boot vCPU enters the kernel: "long" (64-bit boot protocol) or "pvh".
-        self.boot_mode = "long"
+        self.boot_mode: Literal["long", "pvh"] = "long"
         self.entry = 0
         self.start_info = layout.PVH_INFO_START
         #: Every device, by class and id: ``devices.get(Block, "rootfs")``, ``devices.of_kind(Block)``.

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from firelet.arch.x86_64 import bootparams, layout, loader, pvh
-from firelet.memory.guest import GuestMemory
 from firelet.arch.x86_64.ram import guest_ram
+from firelet.memory.guest import GuestMemory
 
 MiB = layout.MiB
 

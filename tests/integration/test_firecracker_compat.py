@@ -26,12 +26,13 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import BOOT_TIMEOUT_S, read_until
 
 from firelet import FIRECRACKER_API_VERSION, __version__
 from firelet.devtools.aliases import write_alias
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import READY_MARKER, guest_cmdline_for
+
+from conftest import BOOT_TIMEOUT_S, read_until
 
 SPECS = Path(os.environ.get("FIRELET_FIRECRACKER_SPECS", repo_root().parent / "shared" / "specs" / "firecracker"))
 VM_CONFIG = SPECS / "tests" / "framework" / "vm_config.json"

@@ -34,7 +34,7 @@ def test_two_microvms_in_one_process_keep_their_metrics_apart(kernel, rootfs: Pa
     finally:
         reader.close()
         talker.close()
-    for outcome, text in zip(outcomes, texts):
+    for outcome, text in zip(outcomes, texts, strict=False):
         assert outcome.clean and parse_exit_status(text) == 0, f"{outcome}\n{text[-3000:]}"
     assert "read-done" in texts[0] and "talk-done" in texts[1]
     r, t = reader.metrics, talker.metrics

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from api_fake_backend import FakeBackend, call, raw_exchange, request_bytes, serve
 
 from firelet.api.routes import Api
 from firelet.api.routing import NOT_AFTER_BOOT, NOT_BEFORE_BOOT
 from firelet.config.model import Balloon, NetworkInterface, VmConfig
 from firelet.controller.interface import BackendError
 from firelet.metrics import Metrics
+
+from api_fake_backend import FakeBackend, call, raw_exchange, request_bytes, serve
 
 #: Real files the PUTs name (Firecracker opens them at the PUT); made in every test's directory.
 FILES = ("vmlinux", "r.ext4", "other.ext4", "new.ext4")

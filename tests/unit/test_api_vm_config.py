@@ -9,11 +9,12 @@ from typing import Any
 
 import msgspec
 import pytest
-from api_fake_backend import FakeBackend, call, serve
 
 from firelet.api.routes import Api
 from firelet.config import model
 from firelet.config.export import full_vm_configuration
+
+from api_fake_backend import FakeBackend, call, serve
 
 SECTIONS = {"balloon", "drives", "boot-source", "cpu-config", "logger", "machine-config", "metrics",
             "memory-hotplug", "mmds-config", "network-interfaces", "pmem", "vsock", "entropy"}

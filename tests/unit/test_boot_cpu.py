@@ -8,9 +8,9 @@ import struct
 import pytest
 
 from firelet.arch.x86_64 import layout, regs
+from firelet.arch.x86_64.ram import guest_ram
 from firelet.kvm.structs import kvm_lapic_state, kvm_sregs
 from firelet.memory.guest import GuestMemory
-from firelet.arch.x86_64.ram import guest_ram
 
 
 @pytest.fixture

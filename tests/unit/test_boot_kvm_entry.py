@@ -15,10 +15,10 @@ from collections.abc import Iterator
 import pytest
 
 from firelet.arch.x86_64 import bootparams, cpuid, layout, loader, mptable, pvh, regs
+from firelet.arch.x86_64.ram import guest_ram
 from firelet.kvm import Kvm
 from firelet.kvm import structs as S
 from firelet.memory.guest import GuestMemory
-from firelet.arch.x86_64.ram import guest_ram
 
 ENTRY = 0x1000000
 PORT = 0x3F8

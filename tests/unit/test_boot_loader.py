@@ -24,8 +24,8 @@ from firelet.arch.x86_64.loader import (
     parse_kernel,
     write_cmdline,
 )
-from firelet.memory.guest import GuestMemory
 from firelet.arch.x86_64.ram import guest_ram
+from firelet.memory.guest import GuestMemory
 
 MiB = layout.MiB
 KERNEL_PADDR = 16 * MiB
@@ -153,7 +153,7 @@ def test_bad_elf_images_are_rejected_with_a_reason(blob: bytes, message: str) ->
 
 def test_kernel_bigger_than_guest_ram_is_a_clear_error(mem: GuestMemory) -> None:
     blob = make_elf([(KERNEL_PADDR, b"x" * 64, 60 * MiB)], KERNEL_PADDR)
-    with pytest.raises(KernelLoadError, match="set machine-config.mem_size_mib to more than 76"):
+    with pytest.raises(KernelLoadError, match=r"set machine-config\.mem_size_mib to more than 76"):
         load_kernel_data(mem, blob)
 
 

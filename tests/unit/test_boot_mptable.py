@@ -8,8 +8,8 @@ import pytest
 
 from firelet.arch.x86_64 import layout
 from firelet.arch.x86_64.mptable import MAX_CPUS, MPTableError, write_mptable
-from firelet.memory.guest import GuestMemory
 from firelet.arch.x86_64.ram import guest_ram
+from firelet.memory.guest import GuestMemory
 
 # Intel MP spec 1.4 §4.3: base entry lengths by type.
 _ENTRY_LENGTHS = {0: 20, 1: 8, 2: 8, 3: 8, 4: 8}

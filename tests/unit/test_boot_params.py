@@ -9,8 +9,8 @@ import pytest
 from firelet.arch.x86_64 import layout
 from firelet.arch.x86_64.bootparams import E820_RAM, memory_map, write_boot_params
 from firelet.arch.x86_64.loader import BootConfigError, KernelImage, Segment
-from firelet.memory.guest import GuestMemory
 from firelet.arch.x86_64.ram import guest_ram
+from firelet.memory.guest import GuestMemory
 
 MiB, GiB = layout.MiB, layout.GiB
 ZP = layout.ZERO_PAGE_START

@@ -9,8 +9,8 @@ import pytest
 from firelet.arch.x86_64 import layout
 from firelet.arch.x86_64.loader import BootConfigError
 from firelet.arch.x86_64.pvh import write_pvh_start_info
-from firelet.memory.guest import GuestMemory
 from firelet.arch.x86_64.ram import guest_ram
+from firelet.memory.guest import GuestMemory
 
 MiB, GiB = layout.MiB, layout.GiB
 

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from virtio_utils import DriverQueue, mmio_init, mmio_read32, mmio_write32, new_memory
 
 from firelet.arch.x86_64 import layout
 from firelet.builder.device_manager import PlannedDevice, attach_devices, device_cmdline, plan_devices
@@ -34,6 +33,8 @@ from firelet.kvm import Kvm, KvmError
 from firelet.vstate.device_registry import BusKind, DeviceEntry, DeviceRegistry, Slot
 from firelet.vstate.vcpu import VcpuGate
 from firelet.vstate.vmm import Vmm, VmmResources
+
+from virtio_utils import DriverQueue, mmio_init, mmio_read32, mmio_write32, new_memory
 
 
 class Probe(VirtioDeviceBase):

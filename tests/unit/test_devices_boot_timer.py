@@ -8,12 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firelet.arch.x86_64 import layout
-from firelet.config.model import BootSource, Drive, VmConfig
-from firelet.devices.pseudo.boot_timer import BOOT_COMPLETE, BootTimer, Timestamp, boot_time_line
 from firelet.builder.device_manager import plan_devices
 from firelet.builder.registry import DEVICE_KINDS
 from firelet.builder.spec import BuildInputs, ConsoleSpec
+from firelet.config.model import BootSource, Drive, VmConfig
 from firelet.devices.legacy.console import NullSink
+from firelet.devices.pseudo.boot_timer import BOOT_COMPLETE, BootTimer, Timestamp, boot_time_line
 from firelet.vstate.device_registry import BusKind, DeviceEntry, DeviceRegistry, Slot
 
 #: What Firecracker's own tests parse out of its log (tests/integration_tests/performance/test_boottime.py).

@@ -15,14 +15,6 @@ from typing import Any
 import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
-from virtio_utils import (
-    DriverQueue,
-    copy_memory,
-    mmio_init,
-    mmio_read32,
-    mmio_write32,
-    new_memory,
-)
 
 from firelet.devices.interrupt import CountingInterrupt
 from firelet.devices.virtio import mmio
@@ -44,6 +36,15 @@ from firelet.devices.virtio.queue import (
 )
 from firelet.memory.guest import GuestMemory
 from firelet.records import RecordError, from_dict, to_dict
+
+from virtio_utils import (
+    DriverQueue,
+    copy_memory,
+    mmio_init,
+    mmio_read32,
+    mmio_write32,
+    new_memory,
+)
 
 EVENT_IDX = 1 << VIRTIO_RING_F_EVENT_IDX
 INDIRECT = 1 << VIRTIO_RING_F_INDIRECT_DESC

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.devtools.images import (
+from firelet.guest import (
     EXIT_MARKER,
     MAX_CMD_FRAGMENT,
     READY_MARKER,

@@ -176,7 +176,7 @@ def test_shared_file_memory_writes_through_and_discard_punches_the_file(tmp_path
         assert mem.read(9 * PAGE_SIZE, PAGE_SIZE) == bytes(PAGE_SIZE)
     finally:
         mem.close()
-    with pytest.raises(GuestMemoryError, match="cannot open guest memory file .*exists"):
+    with pytest.raises(GuestMemoryError, match=r"cannot open guest memory file .*exists"):
         GuestMemory.from_file(path, TWO, shared=True, create=True)
 
 

@@ -12,12 +12,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from api_fake_backend import call
 from test_api_cli import _env, _vmm, _wait_for_socket
 
-from firelet.memory.guest import HUGE_PAGE_SIZE, GuestMemory, GuestMemoryError
-
 from firelet.arch.x86_64.ram import guest_ram
+from firelet.memory.guest import HUGE_PAGE_SIZE, GuestMemoryError
+
+from api_fake_backend import call
 
 MiB = 1 << 20
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from api_fake_backend import call
 from test_api_cli import _env, _vmm, _wait_for_socket
 
 from firelet import FIRECRACKER_API_VERSION, __version__
 from firelet.cli.vmm import build_parser
 from firelet.devtools.aliases import write_alias
+
+from api_fake_backend import call
 
 #: Every flag of Firecracker 1.17's ``firecracker`` (src/firecracker/src/main.rs), and --help.
 FIRECRACKER_FLAGS = [

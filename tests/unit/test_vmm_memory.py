@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from firelet.arch.x86_64 import layout
-from firelet.memory.guest import HUGE_PAGE_SIZE, GuestMemory, GuestMemoryError
 from firelet.arch.x86_64.ram import guest_ram
+from firelet.memory.guest import HUGE_PAGE_SIZE, GuestMemoryError
 
 MiB = layout.MiB
 

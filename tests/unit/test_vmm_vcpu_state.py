@@ -12,9 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from firelet.cli import lean
-from firelet.memory.guest import GuestMemory
 from firelet.arch.x86_64.ram import guest_ram
+from firelet.cli import lean
 from firelet.vstate.vcpu import IMPOSSIBLE_STATE, Vcpu, VcpuGate, impossible_page_table_root
 
 MiB = 1 << 20

@@ -39,7 +39,7 @@ def _instance_start(api: ApiContext) -> None:
     except FireletError as exc:
         api.discard_backend(backend)
         raise Fault(f"Cannot start the microVM: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - the VMM's bug: the API stays up and says so
+    except Exception as exc:  # the VMM's bug: the API stays up and says so
         api.discard_backend(backend)
         raise Fault(f"Cannot start the microVM: internal error: {type(exc).__name__}: {exc}", 500) from None
     api.backend = backend

@@ -34,7 +34,8 @@ def put_drive(api: ApiContext, req: Request, drive_id: str) -> Response:
     problem = open_problem(drive.path_on_host, writable=not drive.is_read_only, block_device_ok=True)
     if problem:
         raise Fault(f"Drive config error: Unable to create the virtio block device: {problem} "
-                    f"(path_on_host {drive.path_on_host}, opened {'read-only' if drive.is_read_only else 'read-write'}).")
+                    f"(path_on_host {drive.path_on_host}, opened "
+                    f"{'read-only' if drive.is_read_only else 'read-write'}).")
     if drive.is_read_only is None:  # what the device is, and what GET /vm/config reports
         drive = msgspec.structs.replace(drive, is_read_only=False)
     api.update(drives=replace_by(api.config.drives, drive, "drive_id"))

@@ -234,7 +234,8 @@ class I8042:
         with self._lock:
             self._queue = deque(state.queue)
             self._last, self._ctr, self._output_port = state.last, state.ctr, state.output_port
-            self._status_cmd, self._pending_cmd, self._pending_kbd = state.status_cmd, state.pending_cmd, state.pending_kbd
+            self._status_cmd, self._pending_cmd = state.status_cmd, state.pending_cmd
+            self._pending_kbd = state.pending_kbd
             self._scanset = state.scanset
 
     # -- internals (lock held) ----------------------------------------------

@@ -190,14 +190,15 @@ class Serial:
         with self._lock:
             if self._batch is None:
                 byte, fire = self._write_register(offset, data[0])
-                out = None if byte is None else bytes((byte,))
+                out: bytes | bytearray | None = None if byte is None else bytes((byte,))
             else:
-                out, fire = self._replay_batch()
+                replayed, fire = self._replay_batch()
                 byte, fired = self._write_register(offset, data[0])
                 if byte is not None:
-                    out.append(byte)
+                    replayed.append(byte)
+                out = replayed
                 fire = fire or fired
-                if offset == IER or offset == MCR:
+                if offset in (IER, MCR):
                     self._update_batching()
             if out:  # under the lock, like every send: the event loop may be replaying too
                 self._output.emit(out)

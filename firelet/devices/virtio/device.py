@@ -94,7 +94,7 @@ class VirtioDeviceBase(abc.ABC):
         data[: len(chunk)] = chunk
         data[len(chunk) :] = bytes(len(data) - len(chunk))
 
-    def write_config(self, offset: int, data: bytes | memoryview) -> None:
+    def write_config(self, offset: int, data: bytes | memoryview) -> None:  # noqa: B027 - a no-op default on purpose
         """Config space is read-only unless a device says otherwise."""
 
     def activate(self, mem: GuestMemory, queues: Sequence[Queue], interrupt: InterruptSignal) -> None:

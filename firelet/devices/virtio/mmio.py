@@ -19,9 +19,9 @@ from typing import ClassVar
 from firelet.devices.interrupt import Interrupt
 from firelet.devices.virtio.device import VIRTIO_F_VERSION_1, VirtioDevice
 from firelet.devices.virtio.queue import Queue, QueueState
-from firelet.records import RecordError
 from firelet.log import get_logger
 from firelet.memory.guest import GuestMemory
+from firelet.records import RecordError
 
 log = get_logger(__name__)
 
@@ -153,7 +153,8 @@ class MmioTransport:
                   "queue_sel": 32, "interrupt_status": 32, "config_generation": 32}
         for name, bits in widths.items():
             if not 0 <= getattr(state, name) < 1 << bits:
-                raise RecordError(f"saved virtio-mmio {name} {getattr(state, name)} does not fit its {bits}-bit register")
+                raise RecordError(f"saved virtio-mmio {name} {getattr(state, name)} does not fit its "
+                                  f"{bits}-bit register")
         features_ok = bool(state.status & STATUS_FEATURES_OK)
         if features_ok and self.device.acked_features != state.driver_features:
             raise RecordError(
@@ -161,13 +162,13 @@ class MmioTransport:
                 f"{self.device.acked_features:#x}; restore the device's state first"
             )
         staged = [Queue(q.max_size) for q in self.queues]  # checked before anything is changed
-        for queue, queue_state in zip(staged, state.queues):
+        for queue, queue_state in zip(staged, state.queues, strict=False):
             queue.restore_state(queue_state)
         ready = [q for q in staged if q.ready]
         if state.device_activated and not (features_ok and ready and all(q.is_valid(self.mem) for q in ready)):
             raise RecordError("saved virtio-mmio state has an active device with invalid queues")
         with self.lock:
-            for queue, queue_state in zip(self.queues, state.queues):
+            for queue, queue_state in zip(self.queues, state.queues, strict=False):
                 queue.restore_state(queue_state)
             with self._isr_lock:
                 self.interrupt_status = state.interrupt_status
@@ -351,9 +352,7 @@ class MmioTransport:
             return
         new_bits = value & ~old
         # §3.1.1: each step needs the previous one.
-        if new_bits == STATUS_ACKNOWLEDGE and old == 0:
-            self.status = value
-        elif new_bits == STATUS_DRIVER and old & STATUS_ACKNOWLEDGE:
+        if (new_bits == STATUS_ACKNOWLEDGE and old == 0) or (new_bits == STATUS_DRIVER and old & STATUS_ACKNOWLEDGE):
             self.status = value
         elif new_bits == STATUS_FEATURES_OK and old & STATUS_DRIVER:
             if self._features_acceptable():

@@ -152,7 +152,8 @@ class Block(VirtioDeviceBase):
         if state.drive_id != self.drive_id:
             raise RecordError(f"drive id {self.drive_id!r} differs from the saved {state.drive_id!r}")
         if state.acked_features & ~self.avail_features:
-            raise RecordError(f"saved drive features {state.acked_features:#x} were never offered ({self.avail_features:#x})")
+            raise RecordError(f"saved drive features {state.acked_features:#x} were never offered "
+                              f"({self.avail_features:#x})")
         self.acked_features = state.acked_features
 
     def activate(self, mem: GuestMemory, queues: Sequence[Queue], interrupt: InterruptSignal) -> None:
@@ -244,10 +245,11 @@ def _open(path: str, read_only: bool) -> tuple[int, int]:
         fd = os.open(path, flags)
     except OSError as exc:
         mode = "read-only" if read_only else "read-write"
-        raise BlockError(f"cannot open drive image {path} {mode}: {exc.strerror}; check the path and its permissions") from exc
+        raise BlockError(f"cannot open drive image {path} {mode}: {exc.strerror}; check the path and "
+                         "its permissions") from exc
     try:
-        mode = os.fstat(fd).st_mode
-        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+        st_mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(st_mode) or stat.S_ISBLK(st_mode)):
             raise BlockError(f"drive image {path} is not a regular file or block device; give a raw disk image")
         size = os.lseek(fd, 0, os.SEEK_END)  # works for block devices too, unlike st_size
     except OSError as exc:

@@ -47,7 +47,7 @@ class Request:
 
     __slots__ = ("type", "sector", "readable", "writable", "status")
 
-    def __init__(self, type: int, sector: int, readable: list[memoryview], writable: list[memoryview],  # noqa: A002
+    def __init__(self, type: int, sector: int, readable: list[memoryview], writable: list[memoryview],
                  status: memoryview) -> None:
         self.type = type
         self.sector = sector
