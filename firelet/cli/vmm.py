@@ -112,6 +112,10 @@ def set_process_name(name: str) -> None:
 def main(argv: list[str] | None = None, *, prog: str = "firelet-vmm") -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(levelname)s %(name)s: %(message)s")
+    # stderr gets warnings and errors only, whatever level a logger set through the API asks for:
+    # a client that never reads our stderr must not stall the VMM on a full pipe.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.WARNING)
     try:
         return run(args)
     except FireletError as exc:

@@ -170,3 +170,21 @@ def test_sigusr2_vcpu_report_comes_from_the_event_loop_and_never_fails(capsys: p
 
     cli._report_vcpus(_Loop(SimpleNamespace(describe_vcpus=stuck)))
     assert capsys.readouterr().err == "firelet-vmm: vCPU state unavailable (TimeoutError: vCPUs did not stop within 5 s)\n"
+
+
+def test_a_logger_set_through_the_api_keeps_its_lines_off_stderr(tmp_path: Path) -> None:
+    """Info and debug lines go to the configured log only: a client that never reads the VMM's
+    stderr must not fill that pipe and stall the VMM."""
+    sock, log = tmp_path / "api.sock", tmp_path / "vmm.log"
+    proc = subprocess.Popen(_vmm("--api-sock", str(sock), "--no-seccomp"), env=_env(), stderr=subprocess.PIPE)
+    try:
+        _wait_for_socket(sock, proc)
+        assert call(sock, "PUT", "/logger", {"log_path": str(log), "level": "Debug"})[0] == 204
+        for _ in range(3):
+            call(sock, "GET", "/machine-config")
+        assert call(sock, "PUT", "/boot-source", {"kernel_image_path": str(tmp_path / "missing")})[0] == 400
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert log.read_text().strip(), "the configured log got nothing"
+    assert not [line for line in stderr.decode().splitlines() if " INFO " in line or " DEBUG " in line], stderr

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from firelet.api.faults import NOT_AFTER_BOOT, NOT_BEFORE_BOOT
 from firelet.api.routes import Api
-from firelet.api.routing import NOT_AFTER_BOOT, NOT_BEFORE_BOOT
 from firelet.config.model import Balloon, NetworkInterface, VmConfig
 from firelet.controller.interface import BackendError
 from firelet.metrics import Metrics

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from firelet.errors import UsageError
 from firelet.guest import (
     EXIT_MARKER,
     MAX_CMD_FRAGMENT,
@@ -16,7 +17,6 @@ from firelet.guest import (
     parse_exit_status,
     parse_ready_uptime,
 )
-from firelet.errors import UsageError
 
 commands = st.text(min_size=1, max_size=400).filter(lambda s: s.strip())
 
