@@ -7,14 +7,17 @@ they never skip: without real KVM they fail, saying how to run them.
 
 from __future__ import annotations
 
+import json
 import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -161,3 +164,25 @@ def exit_if_the_rig_corrupted_a_vcpu(report: str) -> None:
 
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
+
+
+def api_call(sock: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    """One request to a firelet-vmm API socket: its status and its decoded JSON body (or None)."""
+    payload = b"" if body is None else json.dumps(body).encode()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(BOOT_TIMEOUT_S)
+        s.connect(str(sock))
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+                  f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), (json.loads(rest) if rest else None)
+
+
+def api_ok(sock: Path, method: str, path: str, body: Any = None) -> Any:
+    """:func:`api_call` that must succeed (200 or 204); its JSON answer."""
+    status, answer = api_call(sock, method, path, body)
+    assert status in (200, 204), f"{method} {path}: {status} {answer}"
+    return answer

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,31 +18,13 @@ from typing import Any
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import guest_cmdline_for
 
-from conftest import BOOT_TIMEOUT_S, read_until
+from conftest import BOOT_TIMEOUT_S, api_ok, read_until
 
 MARKER = "hello-from-the-api"
 #: The guest prints the marker and then stays up, so that pause/resume and Ctrl-Alt-Del act on a live VM.
 GUEST_CMD = f"echo {MARKER}; sleep 600"
 
 
-def _api(sock: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    payload = b"" if body is None else json.dumps(body).encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(BOOT_TIMEOUT_S)
-        s.connect(str(sock))
-        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), (json.loads(rest) if rest else None)
-
-
-def _ok(sock: Path, method: str, path: str, body: Any = None) -> Any:
-    status, answer = _api(sock, method, path, body)
-    assert status in (200, 204), f"{method} {path}: {status} {answer}"
-    return answer
 
 
 def _wait_for(predicate: Any, what: str, timeout: float = BOOT_TIMEOUT_S) -> None:
@@ -80,26 +61,26 @@ def test_full_boot_through_the_api_socket(kernel, rootfs: Path, tmp_path: Path) 
                             env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for(sock.exists, "the API socket", timeout=60)
-        _ok(sock, "PUT", "/boot-source", config["boot-source"])
-        _ok(sock, "PUT", "/drives/rootfs", config["drives"][0])
-        _ok(sock, "PUT", "/machine-config", config["machine-config"])
-        _ok(sock, "PUT", "/serial", config["serial"])
-        _ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
-        assert _ok(sock, "GET", "/")["state"] == "Running"
+        api_ok(sock, "PUT", "/boot-source", config["boot-source"])
+        api_ok(sock, "PUT", "/drives/rootfs", config["drives"][0])
+        api_ok(sock, "PUT", "/machine-config", config["machine-config"])
+        api_ok(sock, "PUT", "/serial", config["serial"])
+        api_ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+        assert api_ok(sock, "GET", "/")["state"] == "Running"
         _wait_for(lambda: MARKER in _serial_text(serial_out), "the guest's marker on the serial console")
 
-        _ok(sock, "PATCH", "/vm", {"state": "Paused"})
-        assert _ok(sock, "GET", "/")["state"] == "Paused"
-        _ok(sock, "PATCH", "/vm", {"state": "Resumed"})
-        assert _ok(sock, "GET", "/")["state"] == "Running"
+        api_ok(sock, "PATCH", "/vm", {"state": "Paused"})
+        assert api_ok(sock, "GET", "/")["state"] == "Paused"
+        api_ok(sock, "PATCH", "/vm", {"state": "Resumed"})
+        assert api_ok(sock, "GET", "/")["state"] == "Running"
         proc.send_signal(signal.SIGUSR2)  # a stuck-VMM report: thread stacks, then vCPU registers
         report = read_until(proc.stderr.fileno(), b"firelet-vmm: vCPU 0: rip=", 60).decode()
         assert "most recent call first" in report and "cr3=" in report.rsplit("vCPU 0: rip=", 1)[1]
-        assert _ok(sock, "GET", "/")["state"] == "Running"  # paused only for the report
-        exported = _ok(sock, "GET", "/vm/config")
+        assert api_ok(sock, "GET", "/")["state"] == "Running"  # paused only for the report
+        exported = api_ok(sock, "GET", "/vm/config")
         assert exported["drives"][0]["path_on_host"] == str(rootfs)
 
-        _ok(sock, "PUT", "/actions", {"action_type": "SendCtrlAltDel"})
+        api_ok(sock, "PUT", "/actions", {"action_type": "SendCtrlAltDel"})
         code = proc.wait(BOOT_TIMEOUT_S)
         assert code == 0, proc.stderr.read().decode() if proc.stderr else ""
         assert not sock.exists()

@@ -9,10 +9,8 @@ under memory.max, pids.max and cpu.max, which are read back from the host side.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -27,7 +25,7 @@ import pytest
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import guest_cmdline_for
 
-from conftest import BOOT_TIMEOUT_S, read_file_in_image
+from conftest import BOOT_TIMEOUT_S, api_ok, read_file_in_image
 
 UID, GID = 4242, 4243
 CGROUP2 = "/sys/fs/cgroup"
@@ -35,24 +33,6 @@ MARKER = "jailed-guest-wrote-its-disk"
 LIMITS = {"memory.max": str(768 << 20), "pids.max": "64", "cpu.max": "100000 100000"}
 
 
-def _api(sock: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    payload = b"" if body is None else json.dumps(body).encode()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(BOOT_TIMEOUT_S)
-        s.connect(str(sock))
-        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-                  f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), (json.loads(rest) if rest else None)
-
-
-def _ok(sock: Path, method: str, path: str, body: Any = None) -> Any:
-    status, answer = _api(sock, method, path, body)
-    assert status in (200, 204), f"{method} {path}: {status} {answer}"
-    return answer
 
 
 def _host_mounts() -> set[str]:
@@ -100,13 +80,13 @@ def _wait_for_socket(sock: Path, proc: subprocess.Popen[bytes]) -> None:
 
 
 def _boot(sock: Path, command: str, mem_mib: int) -> None:
-    _ok(sock, "PUT", "/boot-source", {"kernel_image_path": "/vmlinux",
+    api_ok(sock, "PUT", "/boot-source", {"kernel_image_path": "/vmlinux",
                                       "boot_args": f"console=ttyS0 reboot=k panic=-1 {guest_cmdline_for(command)}"})
-    _ok(sock, "PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": "/rootfs.ext4",
+    api_ok(sock, "PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": "/rootfs.ext4",
                                         "is_root_device": True, "is_read_only": False})
-    _ok(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mem_mib})
-    _ok(sock, "PUT", "/serial", {"serial_out_path": "/serial.out"})
-    _ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+    api_ok(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mem_mib})
+    api_ok(sock, "PUT", "/serial", {"serial_out_path": "/serial.out"})
+    api_ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
 
 
 def test_jailed_vmm_boots_the_guest_through_its_api_inside_the_jail(kernel, rootfs: Path, base: Path) -> None:

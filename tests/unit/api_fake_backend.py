@@ -7,7 +7,9 @@ as the real VMM's event loop does.
 
 from __future__ import annotations
 
+import subprocess
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -164,3 +166,19 @@ def parse_response(data: bytes) -> tuple[int, Any]:
 
 def call(sock_path: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
     return parse_response(raw_exchange(sock_path, request_bytes(method, path, body)))
+
+
+def wait_for_api(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    """Wait until a firelet-vmm process answers ``GET /`` on ``path``; fail if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"firelet-vmm exited early: {proc.stderr.read() if proc.stderr else ''!r}")
+        if path.exists():
+            try:
+                call(path, "GET", "/")
+                return
+            except OSError:
+                pass
+        time.sleep(0.02)
+    raise AssertionError("API socket never answered")

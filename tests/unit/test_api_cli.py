@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 
 from firelet.devtools.cache import repo_root
 
-from api_fake_backend import call
+from api_fake_backend import call, wait_for_api
 
 
 def _env() -> dict[str, str]:
@@ -28,21 +27,6 @@ def _vmm(*args: str) -> list[str]:
     return [sys.executable, "-m", "firelet.cli.vmm", *args]
 
 
-def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"firelet-vmm exited early: {proc.stderr.read() if proc.stderr else ''!r}")
-        if path.exists():
-            try:
-                call(path, "GET", "/")
-                return
-            except OSError:
-                pass
-        time.sleep(0.02)
-    raise AssertionError("API socket never answered")
-
-
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     sock = tmp_path / "api.sock"
@@ -51,7 +35,7 @@ def running(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
              "--show-level", "--metrics-path", str(tmp_path / "metrics"), "--no-seccomp"),
         env=_env(), stderr=subprocess.PIPE)
     try:
-        _wait_for_socket(sock, proc)
+        wait_for_api(sock, proc)
         yield proc, sock
     finally:
         if proc.poll() is None:
@@ -178,7 +162,7 @@ def test_a_logger_set_through_the_api_keeps_its_lines_off_stderr(tmp_path: Path)
     sock, log = tmp_path / "api.sock", tmp_path / "vmm.log"
     proc = subprocess.Popen(_vmm("--api-sock", str(sock), "--no-seccomp"), env=_env(), stderr=subprocess.PIPE)
     try:
-        _wait_for_socket(sock, proc)
+        wait_for_api(sock, proc)
         assert call(sock, "PUT", "/logger", {"log_path": str(log), "level": "Debug"})[0] == 204
         for _ in range(3):
             call(sock, "GET", "/machine-config")

@@ -15,7 +15,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from firelet.api.routes import Api
 from firelet.devtools import openapi as openapi_tool
 from firelet.devtools.cache import repo_root
 
-from api_fake_backend import FakeBackend, call, serve
+from api_fake_backend import FakeBackend, serve, wait_for_api
 
 SPEC = Path(routes.__file__).with_name("openapi.json")
 schema = schemathesis.openapi.from_path(SPEC)
@@ -73,21 +72,6 @@ class _UdsAdapter(requests.adapters.HTTPAdapter):
         return self._pool
 
 
-def _wait_for_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"firelet-vmm exited early with code {proc.returncode}")
-        if path.exists():
-            try:
-                call(path, "GET", "/")
-                return
-            except OSError:
-                pass
-        time.sleep(0.02)
-    raise AssertionError("API socket never answered")
-
-
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[requests.Session, Path]]:
     """A real ``firelet-vmm --api-sock`` process (no VM boots: no request can name a real kernel)."""
@@ -99,7 +83,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[requests.Se
     proc = subprocess.Popen([sys.executable, "-m", "firelet.cli.vmm", "--api-sock", str(sock), "--id", "schemathesis"],
                             cwd=work, env=env, stderr=stderr)
     try:
-        _wait_for_socket(sock, proc)
+        wait_for_api(sock, proc)
         session = requests.Session()
         session.mount("http://", _UdsAdapter(str(sock)))
         yield session, work
