@@ -76,8 +76,9 @@ def is_open(fd):
         return False
 
 report["fds"] = [fd for fd in range(1024) if is_open(fd)]
-with open("/report.json", "w") as f:
+with open("/report.json.part", "w") as f:  # renamed whole: the test never reads half a report
     json.dump(report, f)
+os.rename("/report.json.part", "/report.json")
 while not os.path.exists("/release"):
     time.sleep(0.02)
 for name in ("/report.json", "/release", "/jail-file"):

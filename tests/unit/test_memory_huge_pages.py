@@ -12,12 +12,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_api_cli import _env, _vmm, _wait_for_socket
+from test_api_cli import _env, _vmm
 
 from firelet.arch.x86_64.ram import guest_ram
 from firelet.memory.guest import HUGE_PAGE_SIZE, GuestMemoryError
 
-from api_fake_backend import call
+from api_fake_backend import call, wait_for_api
 
 MiB = 1 << 20
 
@@ -50,7 +50,7 @@ def test_instance_start_answers_400_with_the_advice(tmp_path: Path) -> None:
     kernel.write_bytes(b"\x7fELF")
     proc = subprocess.Popen(_vmm("--api-sock", str(sock)), env=_env(), stderr=subprocess.PIPE)
     try:
-        _wait_for_socket(sock, proc)
+        wait_for_api(sock, proc)
         mib = _short_by_one_mib()
         assert call(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mib, "huge_pages": "2M"})[0] == 204
         assert call(sock, "PUT", "/boot-source", {"kernel_image_path": str(kernel)})[0] == 204

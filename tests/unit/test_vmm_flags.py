@@ -11,13 +11,13 @@ from pathlib import Path
 
 import psutil
 import pytest
-from test_api_cli import _env, _vmm, _wait_for_socket
+from test_api_cli import _env, _vmm
 
 from firelet import FIRECRACKER_API_VERSION, __version__
 from firelet.cli.vmm import build_parser
 from firelet.devtools.aliases import write_alias
 
-from api_fake_backend import call
+from api_fake_backend import call, wait_for_api
 
 #: Every flag of Firecracker 1.17's ``firecracker`` (src/firecracker/src/main.rs), and --help.
 FIRECRACKER_FLAGS = [
@@ -69,7 +69,7 @@ def started(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[su
         f(tmp_path) if callable(f) else f.format(tmp=tmp_path) for f in flags]
     proc = subprocess.Popen(argv, env=_env(), stderr=subprocess.PIPE)
     try:
-        _wait_for_socket(sock, proc)
+        wait_for_api(sock, proc)
         yield proc, sock
     finally:
         if proc.poll() is None:
