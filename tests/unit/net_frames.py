@@ -81,19 +81,28 @@ def send(fd: int, frame: bytes) -> None:
     assert os.write(fd, bytes(VNET_HDR_LEN) + frame) == VNET_HDR_LEN + len(frame)
 
 
-def receive(fd: int, wanted: Callable[[bytes], bool], timeout: float = 5.0) -> bytes:
-    """The first frame from the TAP that ``wanted`` accepts (others, like IPv6 router solicitations, are skipped)."""
+def exchange(fd: int, frame: bytes, wanted: Callable[[bytes], bool], timeout: float = 20.0,
+             resend_every: float = 1.0) -> tuple[bytes, int]:
+    """Send ``frame`` and return the first frame from the TAP that ``wanted`` accepts, with how many times
+    ``frame`` was sent. Like a real stack, the request is sent again each ``resend_every`` seconds: on a
+    loaded machine the namespace's kernel may drop the first one while the TAP's carrier is still coming up.
+    Other frames (IPv6 router solicitations and the like) are skipped."""
     deadline = time.monotonic() + timeout
+    send(fd, frame)
+    sent, next_send = 1, time.monotonic() + resend_every
     while (left := deadline - time.monotonic()) > 0:
-        ready, _, _ = select.select([fd], [], [], left)
+        ready, _, _ = select.select([fd], [], [], min(left, max(0.0, next_send - time.monotonic())))
         if not ready:
-            break
+            if time.monotonic() >= next_send:
+                send(fd, frame)
+                sent, next_send = sent + 1, time.monotonic() + resend_every
+            continue
         data = os.read(fd, 65536)
-        header, frame = data[:VNET_HDR_LEN], data[VNET_HDR_LEN:]
+        header, answer = data[:VNET_HDR_LEN], data[VNET_HDR_LEN:]
         assert header == bytes(VNET_HDR_LEN), header  # no offloads were asked for
-        if wanted(frame):
-            return frame
-    raise AssertionError(f"no wanted frame from the TAP within {timeout} s")
+        if wanted(answer):
+            return answer, sent
+    raise AssertionError(f"no wanted frame from the TAP within {timeout} s ({sent} requests sent)")
 
 
 def is_arp_reply_for(frame: bytes, ip: IPv4Address) -> bool:
