@@ -2,7 +2,8 @@
 
 A device sits on a bus and answers accesses at offsets in its range
 (:class:`BusDevice`); it raises its interrupt through an :class:`Interrupt` it is
-handed (it never sees KVM: the builder makes the line); it keeps its own counters
+handed (it never sees KVM: the builder makes the line); it sets timers on the event
+loop through :class:`Timers` (a rate-limited queue's wake-up); it keeps its own counters
 (:class:`Metered`); and it can hand out its state as a plain record and be put back
 into that state (:class:`Stateful`), which snapshots and live updates build on.
 These are structural protocols: a device implements them by having the methods,
@@ -11,6 +12,7 @@ not by inheriting from them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from firelet.records import Record
@@ -34,6 +36,25 @@ class Interrupt(Protocol):
 
     def trigger(self) -> None:
         """Raise (an edge on) the device's interrupt line."""
+
+
+class Cancellable(Protocol):
+    """A timer that was set: cancelling it (on the loop's thread) keeps it from firing."""
+
+    def cancel(self) -> None: ...
+
+
+class Timers(Protocol):
+    """The part of the VMM's event loop a device may use: one-shot timers and deferred calls.
+
+    A rate-limited queue sleeps on a timer rather than polling (the event loop's
+    ``call_later``); ``call_soon`` runs work on the loop's thread from any thread,
+    which is where timers are set and cancelled.
+    """
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable: ...
+
+    def call_soon(self, callback: Callable[[], None]) -> None: ...
 
 
 class Metered(Protocol):

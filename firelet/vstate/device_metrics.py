@@ -25,6 +25,8 @@ def fold_device_metrics(devices: DeviceRegistry, metrics: Metrics) -> None:
     block.write_count = sum(m.write_ops for m in blocks)
     block.flush_count = sum(m.flush_ops for m in blocks)
     block.invalid_reqs_count = sum(m.failures + m.dropped for m in blocks)
+    block.rate_limiter_throttled_events = sum(m.rate_limiter_throttled_events for m in blocks)
+    block.rate_limiter_event_count = sum(m.rate_limiter_event_count for m in blocks)
     serial = devices.get(Serial)
     if serial is not None:
         metrics.uart.write_count = serial.tx_bytes

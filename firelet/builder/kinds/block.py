@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from firelet.builder.spec import VIRTIO_MMIO, BuildInputs, DeviceSpec, Wiring
 from firelet.config.model import Drive
+from firelet.devices.rate_limiter import RateLimiter
 from firelet.devices.virtio.block import Block
 
 
@@ -18,7 +19,9 @@ def _plan(inputs: BuildInputs) -> list[tuple[str, Drive]]:
 
 def _make(drive: Drive, wiring: Wiring) -> Block:
     assert drive.path_on_host is not None  # checked by the builder's check_inputs
-    device = Block(drive.path_on_host, read_only=bool(drive.is_read_only), drive_id=drive.drive_id)
+    limiter = RateLimiter.from_config(drive.rate_limiter)
+    device = Block(drive.path_on_host, read_only=bool(drive.is_read_only), drive_id=drive.drive_id,
+                   rate_limiter=limiter, timers=wiring.loop)
     wiring.on_close(device.close)
     return device
 

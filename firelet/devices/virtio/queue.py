@@ -233,6 +233,14 @@ class Queue:
         self.next_avail = (self.next_avail + 1) & 0xFFFF
         return self._parse(mem, head)
 
+    def undo_pop(self) -> None:
+        """Put the last popped chain back, to be popped again later (a rate-limited device).
+
+        Only right after :meth:`pop` returned a chain; the driver's view does not change,
+        since the chain was never used.
+        """
+        self.next_avail = (self.next_avail - 1) & 0xFFFF
+
     def _parse(self, mem: GuestMemory, head: int) -> DescriptorChain:
         chain = DescriptorChain(head)
         if head >= self.size:

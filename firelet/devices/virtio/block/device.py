@@ -5,6 +5,12 @@ Requests are served synchronously on the thread that calls
 straight between the file and guest memory. Every guest-supplied sector and
 length is checked against the disk; a bad request completes with an error
 status, a chain that has no place for a status is returned with length 0.
+
+An optional rate limiter (Firecracker's drive ``rate_limiter``) is asked before
+each request, as Firecracker counts: one op, plus the data bytes of a read or
+write (flush, get-id and unsupported types cost an op and no bytes; a chain that
+does not parse costs nothing). A refused request goes back to the available ring
+and the queue sleeps until the limiter's one-shot timer (:mod:`firelet.devices.throttle`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,9 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import ClassVar
 
+from firelet.devices.protocols import Timers
+from firelet.devices.rate_limiter import LimiterConfig, RateLimiter
+from firelet.devices.throttle import Throttle
 from firelet.devices.virtio.block.request import (
     SECTOR_SHIFT,
     SECTOR_SIZE,
@@ -61,7 +70,8 @@ class BlockError(FireletError):
 class BlockMetrics:
     """One drive's counters (folded into the process metrics by the controller)."""
 
-    def __init__(self) -> None:
+    def __init__(self, throttle: Throttle) -> None:
+        self._throttle = throttle
         self.read_bytes = 0
         self.write_bytes = 0
         self.read_ops = 0
@@ -71,6 +81,16 @@ class BlockMetrics:
         self.failures = 0  # requests completed with IOERR or UNSUPP
         self.dropped = 0  # chains returned with length 0 (malformed, no header, no status)
 
+    @property
+    def rate_limiter_throttled_events(self) -> int:
+        """Requests refused by the limiter, and queue notifications while throttled (Firecracker's name)."""
+        return self._throttle.throttled_events
+
+    @property
+    def rate_limiter_event_count(self) -> int:
+        """Times the limiter's timer woke the queue (Firecracker's name)."""
+        return self._throttle.wakeups
+
 
 @dataclasses.dataclass(frozen=True)
 class BlockState:
@@ -79,7 +99,11 @@ class BlockState:
     ``path`` and ``read_only`` say which image to open again; ``capacity`` (in
     sectors) is what the guest was told, so a restore refuses an image of
     another size. The metrics are counters of this process, not of the guest,
-    and stay out (as in Firecracker's snapshots).
+    and stay out (as in Firecracker's snapshots). So does the rate limiter: its
+    buckets come from the drive's config (which a PATCH updates) and start full
+    on restore, where Firecracker's snapshot carries the tokens left; a request
+    the limiter was holding back is still in the available ring (it was never
+    popped), so the restored device serves it.
     """
 
     VERSION: ClassVar[int] = 1
@@ -97,7 +121,10 @@ class Block(VirtioDeviceBase):
     device_type = TYPE_BLOCK
     queue_max_sizes = (QUEUE_SIZE,)
 
-    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False, drive_id: str = "") -> None:
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False, drive_id: str = "",
+                 rate_limiter: RateLimiter | None = None, timers: Timers | None = None) -> None:
+        """``timers`` (the event loop) is needed for a ``rate_limiter`` with limits, and for a
+        later :meth:`update_rate_limiter`."""
         features = (
             1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_SEG_MAX
@@ -109,7 +136,9 @@ class Block(VirtioDeviceBase):
         super().__init__(features)
         self.read_only = read_only
         self.drive_id = drive_id.encode()[:VIRTIO_BLK_ID_BYTES].ljust(VIRTIO_BLK_ID_BYTES, b"\0")
-        self.metrics = BlockMetrics()
+        self._timers = timers
+        self.throttle = Throttle(rate_limiter or RateLimiter(), timers, self._resume)
+        self.metrics = BlockMetrics(self.throttle)
         self._lock = threading.Lock()
         self._write_through = False
         self.path = os.fspath(path)
@@ -130,8 +159,15 @@ class Block(VirtioDeviceBase):
         if interrupt is not None:
             interrupt.signal_config_change()
 
+    def update_rate_limiter(self, config: LimiterConfig) -> None:
+        """Replace the limiter's buckets live (PATCH /drives): a bucket not given stays as it is,
+        a given one starts full, size or refill_time 0 lifts that limit. A throttled queue
+        is looked at again at once. ValueError for a bad value, with nothing changed."""
+        self.throttle.update(config)
+
     def close(self) -> None:
         """Flush written data and close the file (idempotent)."""
+        self.throttle.cancel()
         with self._lock:
             if self._fd >= 0:
                 _flush_and_close(self._fd, self.read_only)
@@ -160,20 +196,40 @@ class Block(VirtioDeviceBase):
         super().activate(mem, queues, interrupt)
         # Without FLUSH the driver may assume writes are durable on completion (§5.2.6.2).
         self._write_through = not self.has_feature(VIRTIO_BLK_F_FLUSH)
+        if self._timers is not None:
+            # A restored ring may hold requests the driver notified before the save and a
+            # throttled device had not taken: look once (an empty ring costs nothing).
+            self._timers.call_soon(self._resume)
+
+    def reset(self) -> None:
+        self.throttle.cancel()
+        with self._lock:
+            super().reset()
 
     # -- the request queue ----------------------------------------------------------
     def process_queue(self, index: int) -> None:
-        """Serve every available request, then interrupt once if the driver wants it."""
-        mem, interrupt = self.mem, self.interrupt
-        if index != 0 or mem is None or interrupt is None:
-            return
-        queue = self.queues[0]
-        if not queue.ready:
-            return
+        """Serve every available request the limiter lets through, then interrupt once if the
+        driver wants it. While throttled a notification only counts: the timer resumes."""
+        if index == 0 and self.throttle.notified():
+            self._serve_queue()
+
+    def _resume(self) -> None:
+        """The limiter's timer fired (or its buckets changed): serve what waited (the loop's thread)."""
+        self._serve_queue()
+
+    def _serve_queue(self) -> None:
         with self._lock:
+            mem, interrupt = self.mem, self.interrupt
+            if mem is None or interrupt is None or not self.queues[0].ready:
+                return
+            queue = self.queues[0]
             used = False
             while (chain := queue.pop(mem)) is not None:
-                length = self._serve(mem, parse(mem, chain))
+                request = parse(mem, chain)
+                if isinstance(request, Request) and not self.throttle.admit(_data_bytes(request)):
+                    queue.undo_pop()  # served in order when the timer fires
+                    break
+                length = self._serve(mem, request)
                 if chain.head_valid:
                     queue.add_used(mem, chain.head_index, length)
                     used = True
@@ -236,6 +292,15 @@ class Block(VirtioDeviceBase):
         if done != length or (self._write_through and not _sync(self._fd)):
             return VIRTIO_BLK_S_IOERR, 0
         return VIRTIO_BLK_S_OK, 0
+
+
+def _data_bytes(req: Request) -> int:
+    """What a request costs the bandwidth bucket: a read's or write's data bytes (as Firecracker)."""
+    if req.type == VIRTIO_BLK_T_IN:
+        return req.writable_len
+    if req.type == VIRTIO_BLK_T_OUT:
+        return req.readable_len
+    return 0
 
 
 def _open(path: str, read_only: bool) -> tuple[int, int]:
