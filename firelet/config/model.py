@@ -24,6 +24,7 @@ from firelet.config.decoding import (  # noqa: F401 - re-exported: the config's 
     format_validation_error,
     to_builtins,
 )
+from firelet.devices.rate_limiter import MAX_REFILL_TIME_MS
 
 # Ranges from firecracker.yaml (MachineConfiguration, Vsock, TokenBucket, NetworkInterface).
 MIN_VCPUS = 1
@@ -60,7 +61,8 @@ class TokenBucket(Model):
     """Bytes or ops budget: ``size`` tokens refilled every ``refill_time`` ms, plus a one-off burst."""
 
     size: Annotated[int, msgspec.Meta(ge=0, le=_I64_MAX)]
-    refill_time: Annotated[int, msgspec.Meta(ge=0, le=_I64_MAX)]
+    #: Capped where Firecracker's nanosecond count would overflow (it then silently drops the limit).
+    refill_time: Annotated[int, msgspec.Meta(ge=0, le=MAX_REFILL_TIME_MS)]
     one_time_burst: Annotated[int, msgspec.Meta(ge=0, le=_I64_MAX)] | None = None
 
 

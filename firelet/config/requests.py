@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from firelet.config.model import MAX_MEM_SIZE_MIB, Model, RateLimiter
+from firelet.config.model import MAX_MEM_SIZE_MIB, Model, RateLimiter, TokenBucket
 
 _U32_MAX = (1 << 32) - 1  # firecracker.yaml: MemoryHotplugSizeUpdate.requested_size_mib
 
@@ -42,6 +42,19 @@ class PartialDrive(Model):
     drive_id: str
     path_on_host: str | None = None
     rate_limiter: RateLimiter | None = None
+
+
+def patched_rate_limiter(current: RateLimiter | None, patch: RateLimiter) -> RateLimiter | None:
+    """The limiter a PATCH leaves, as Firecracker applies one: a bucket the patch names replaces
+    the current one (size or refill_time 0: no limit, so none is left), one it omits stays."""
+    def bucket(old: TokenBucket | None, new: TokenBucket | None) -> TokenBucket | None:
+        if new is None:
+            return old
+        return None if new.size == 0 or new.refill_time == 0 else new
+
+    bandwidth = bucket(current.bandwidth if current else None, patch.bandwidth)
+    ops = bucket(current.ops if current else None, patch.ops)
+    return None if bandwidth is None and ops is None else RateLimiter(bandwidth=bandwidth, ops=ops)
 
 
 class PartialNetworkInterface(Model):

@@ -55,8 +55,6 @@ def unsupported(cfg: VmConfig) -> list[Unsupported]:
         ("metrics.properties", "metrics properties are", cfg.metrics is not None and bool(cfg.metrics.properties)),
     ) if asked]
     for drive in cfg.drives:
-        if drive.rate_limiter is not None:
-            found.append(Unsupported(f"drives[{drive.drive_id}].rate_limiter", "drive rate limiters are"))
         if drive.socket is not None:
             found.append(Unsupported(f"drives[{drive.drive_id}].socket", "vhost-user block devices are"))
     return found

@@ -107,7 +107,16 @@ class VmmController:
             raise BackendError(f"drive {drive_id}: cannot open {path_on_host}: {exc.strerror}") from None
 
     def update_drive_rate_limiter(self, drive_id: str, rate_limiter: Any) -> None:
-        raise NotSupported("drive rate limiters are not supported by firelet yet")
+        """Replace a drive's buckets live (on the event loop, the thread its queue is served on)."""
+        from firelet.devices.virtio.block import Block
+
+        device = self._vmm().devices.get(Block, drive_id)
+        if device is None:
+            raise BackendError(f"no drive with drive_id {drive_id!r}")
+        try:
+            device.update_rate_limiter(rate_limiter)
+        except ValueError as exc:
+            raise BackendError(f"drive {drive_id}: rate_limiter.{exc}") from None
 
     def update_net_rate_limiters(self, iface_id: str, rx: Any, tx: Any) -> None:
         raise NotSupported("network interfaces are not supported by firelet yet")

@@ -75,7 +75,7 @@ class FakeBackend:
         self.calls.append(("update_drive", drive_id, path_on_host))
 
     def update_drive_rate_limiter(self, drive_id: str, rate_limiter: Any) -> None:
-        raise NotSupported("drive rate limiters are not supported yet")
+        self.calls.append(("update_drive_rate_limiter", drive_id, rate_limiter))
 
     def update_net_rate_limiters(self, iface_id: str, rx: Any, tx: Any) -> None:
         self.calls.append(("update_net", iface_id, rx, tx))

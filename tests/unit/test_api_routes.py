@@ -131,7 +131,6 @@ def test_patch_machine_config_is_checked_as_a_whole(vm: Harness) -> None:
 
 def test_features_firelet_lacks_are_refused_at_their_put(vm: Harness) -> None:
     """Firecracker refuses at the request that brings the problem, not at InstanceStart."""
-    limiter = {"bandwidth": {"size": 1, "refill_time": 1}}
     for method, path, body, needle in [
         ("PUT", "/vsock", {"guest_cid": 3, "uds_path": "/v.sock"}, "the vsock device is"),
         ("PUT", "/entropy", {}, "the entropy device (virtio-rng) is"),
@@ -140,7 +139,6 @@ def test_features_firelet_lacks_are_refused_at_their_put(vm: Harness) -> None:
         ("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 256, "cpu_template": "T2"}, "CPU templates"),
         ("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 256, "smt": True}, "simultaneous multithreading"),
         ("PATCH", "/machine-config", {"smt": True}, "simultaneous multithreading"),
-        ("PUT", "/drives/rootfs", {**vm.root, "rate_limiter": limiter}, "drive rate limiters are"),
         ("PUT", "/drives/v", {"drive_id": "v", "is_root_device": False, "socket": "/s"}, "vhost-user block"),
         ("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"}, "network interfaces"),
         ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/p"}, "virtio-pmem devices are"),
@@ -301,9 +299,39 @@ def test_patch_drive_after_boot(vm: Harness) -> None:
     assert "No such file or directory (os error 2)" in vm.fault(
         "PATCH", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": "/nonexistent"})
     assert "no drive with drive_id 'zz'" in vm.fault("PATCH", "/drives/zz", {"drive_id": "zz", "path_on_host": new})
-    limiter = {"bandwidth": {"size": 1, "refill_time": 1}}
-    assert "not supported by firelet yet" in vm.fault(
-        "PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": limiter})
+
+
+def test_drive_rate_limiter_put_patch_and_export(vm: Harness) -> None:
+    """PUT takes a limiter; PATCH after boot replaces the buckets it names and keeps the others."""
+    bandwidth = {"size": 1_000_000, "refill_time": 100, "one_time_burst": 4096}
+    ops = {"size": 200, "refill_time": 1000}
+    vm.root = {**vm.root, "rate_limiter": {"bandwidth": bandwidth, "ops": ops}}
+    vm.ok("PUT", "/drives/rootfs", vm.root)
+    assert vm.ok("GET", "/vm/config")["drives"][0]["rate_limiter"] == {"bandwidth": bandwidth, "ops": {
+        **ops, "one_time_burst": None}}
+    assert vm.fault("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {"ops": ops}}) == (
+        "The requested operation is not supported before starting the microVM.")
+    vm.boot()  # PUTs vm.root again
+    faster = {"size": 2_000_000, "refill_time": 100}
+    vm.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {"bandwidth": faster}})
+    call = vm.fake.calls[-1]
+    assert call[:2] == ("update_drive_rate_limiter", "rootfs") and call[2].bandwidth.size == 2_000_000
+    exported = vm.ok("GET", "/vm/config")["drives"][0]["rate_limiter"]
+    assert exported == {"bandwidth": {**faster, "one_time_burst": None}, "ops": {**ops, "one_time_burst": None}}
+    # size 0 lifts a limit (Firecracker's "no bucket"); lifting both leaves no limiter
+    vm.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 0, "refill_time": 0}}})
+    assert vm.ok("GET", "/vm/config")["drives"][0]["rate_limiter"]["ops"] is None
+    vm.ok("PATCH", "/drives/rootfs", {"drive_id": "rootfs", "rate_limiter": {"bandwidth": {"size": 5,
+                                                                                         "refill_time": 0}}})
+    assert vm.ok("GET", "/vm/config")["drives"][0]["rate_limiter"] is None
+    for body, needle in [
+        ({"drive_id": "rootfs", "rate_limiter": {"ops": {"size": -1, "refill_time": 1}}}, "ops.size: expected int >= 0"),
+        ({"drive_id": "rootfs", "rate_limiter": {"ops": {"size": 1, "refill_time": 2**62}}},
+         "ops.refill_time: expected int <= 18446744073709"),
+        ({"drive_id": "rootfs", "rate_limiter": {"iops": {}}}, "unknown field 'iops'"),
+    ]:
+        assert needle in vm.fault("PATCH", "/drives/rootfs", body), body
+    assert "no drive with drive_id 'zz'" in vm.fault("PATCH", "/drives/zz", {"drive_id": "zz", "rate_limiter": {}})
 
 
 def test_network_interface_patch_reaches_the_backend(tmp_path: Path) -> None:

@@ -126,10 +126,6 @@ FIELDS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("metrics.emit_id", "metrics", {"metrics_path": "/m", "emit_id": False}, {"metrics_path": "/m", "emit_id": True}),
     ("metrics.properties", "metrics", {"metrics_path": "/m", "properties": {}},
      {"metrics_path": "/m", "properties": {"host": "a"}}),
-    ("drives[rootfs].rate_limiter", "drives",
-     [{"drive_id": "rootfs", "is_root_device": True, "path_on_host": "/r", "rate_limiter": None}],
-     [{"drive_id": "rootfs", "is_root_device": True, "path_on_host": "/r",
-       "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}]),
     ("drives[rootfs].socket", "drives", [{"drive_id": "rootfs", "is_root_device": True, "path_on_host": "/r"}],
      [{"drive_id": "rootfs", "is_root_device": True, "socket": "/vhost.sock"}]),
 ]
@@ -165,6 +161,17 @@ def test_a_field_asking_for_a_missing_feature_is_refused_naming_it(
     message = _refusal(tmp_path, {section: asking})
     assert message.startswith(f"config file {tmp_path / 'vm.json'}: {where}: ")
     assert message.endswith("not supported by firelet yet; remove it") and "\n" not in message
+
+
+def test_a_drive_rate_limiter_is_taken(tmp_path: Path) -> None:
+    limiter = {"bandwidth": {"size": 10_000_000, "refill_time": 1000, "one_time_burst": 0},
+               "ops": {"size": 200, "refill_time": 1000}}
+    cfg = _load(tmp_path, {"drives": [{"drive_id": "rootfs", "is_root_device": True, "path_on_host": "/r",
+                                       "rate_limiter": limiter}]})
+    assert unsupported(cfg) == []
+    limits = cfg.drives[0].rate_limiter
+    assert limits is not None and limits.bandwidth is not None and limits.ops is not None
+    assert (limits.bandwidth.size, limits.ops.size, limits.ops.one_time_burst) == (10_000_000, 200, None)
 
 
 def test_the_mmds_needs_a_network_interface_and_both_are_named(tmp_path: Path) -> None:

@@ -25,8 +25,6 @@ def put_drive(api: ApiContext, req: Request, drive_id: str) -> Response:
     same_id(drive_id, drive.drive_id)
     if drive.socket is not None:
         raise not_supported("vhost-user block devices (drive socket) are")
-    if drive.rate_limiter is not None:
-        raise not_supported("drive rate limiters are")
     other_root = next((d.drive_id for d in api.config.drives if d.is_root_device and d.drive_id != drive_id), None)
     if drive.is_root_device and other_root is not None:
         raise Fault(f"Drive config error: A root block device already exists! (drive {other_root} is the root device)")
@@ -51,8 +49,6 @@ def patch_drive(api: ApiContext, req: Request, drive_id: str) -> Response:
     if current is None:
         raise Fault(f"Drive config error: Unable to patch the block device: no drive with drive_id {drive_id!r}. "
                     "Please verify the request arguments.")
-    if patch.rate_limiter is not None:
-        raise not_supported("drive rate limiters are")
     if patch.path_on_host is not None:
         path = patch.path_on_host
         problem = open_problem(path, writable=not current.is_read_only, block_device_ok=True)
@@ -61,5 +57,11 @@ def patch_drive(api: ApiContext, req: Request, drive_id: str) -> Response:
                         "Please verify the request arguments.")
         api.call(lambda: backend.update_drive(drive_id, path))
         new = msgspec.structs.replace(current, path_on_host=path)
+        api.update(drives=[new if d.drive_id == drive_id else d for d in api.config.drives])
+        current = new
+    if patch.rate_limiter is not None:
+        limiter = patch.rate_limiter
+        api.call(lambda: backend.update_drive_rate_limiter(drive_id, limiter))
+        new = msgspec.structs.replace(current, rate_limiter=bodies.patched_rate_limiter(current.rate_limiter, limiter))
         api.update(drives=[new if d.drive_id == drive_id else d for d in api.config.drives])
     return no_content()
