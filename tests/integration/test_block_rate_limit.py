@@ -1,0 +1,169 @@
+"""Drive rate limiters measured from inside a real guest (issue #13, "Done when"), in the nested rig.
+
+One firelet-vmm, configured and driven through its API socket, with three data drives:
+``bw`` limited in bytes/s, ``ops`` limited in requests/s, ``free`` unlimited (a baseline,
+printed). The guest reads ``bw`` in 5 MiB steps (1 MiB O_DIRECT reads) and prints its
+uptime after each; once the initial bucket is spent, 30 MiB must come at the limit within
+±10 %. A PATCH that doubles the limit must then show in the next 30 MiB, the VM running
+on. Last, one dd of 4 KiB direct reads from ``ops`` must hold its limit within ±10 %.
+
+These are correctness tests of the limiter: the band is the requirement (a limiter that
+lets too much through, or loses time, fails it). So a limit must bind: sit well below
+what the guest reaches unlimited. The issue's figures (10 MB/s, 200 ops/s) cannot bind in
+the rig, whose software CPU gives an unlimited drive 7-11 MB/s and 10-77 4-KiB reads/s
+(measured, with the machine's load), and less again with a new dd every 5 MiB; the limits
+here are a fraction of that. On a host with real KVM the issue's figures can be given:
+FIRELET_TEST_DRIVE_BW=10000000 FIRELET_TEST_DRIVE_OPS=200.
+
+Between steps the guest starts a new dd, which under the rig's software CPU leaves the
+drive idle for up to a second: a bucket keeps what refills meanwhile only up to its size
+(that is what a bucket is), so the bandwidth buckets hold 8 MB (the first 10 MiB spend
+the initial one) and the ops bucket two seconds' worth.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from firelet.devtools.cache import repo_root
+from firelet.devtools.images import guest_cmdline_for
+
+from conftest import BOOT_TIMEOUT_S, api_ok
+
+MiB = 1 << 20
+BW_LIMIT = int(os.environ.get("FIRELET_TEST_DRIVE_BW", "1000000"))  # bytes/s
+BW_PATCHED = 2 * BW_LIMIT
+BUCKET = 8_000_000  # bytes, before and after the PATCH
+OPS_LIMIT = int(os.environ.get("FIRELET_TEST_DRIVE_OPS", "3"))  # requests/s
+OPS_WARMUP, OPS_COUNT = 4 * OPS_LIMIT, 12 * OPS_LIMIT
+STEP_MIB = 5
+WARMUP_STEPS = 2  # 10 MiB: more than a full bucket
+MEASURED_STEPS = 6  # 30 MiB
+SKIP_AFTER_PATCH = 3  # steps: the one running at the PATCH, and the new bucket's 8 MB
+STEPS = WARMUP_STEPS + MEASURED_STEPS + 2 + SKIP_AFTER_PATCH + MEASURED_STEPS  # one spare step for a slow PATCH
+TOLERANCE = 0.10
+
+GUEST = f"""r(){{ dd if=/dev/$1 of=/dev/null bs=$2 count=$3 skip=$4 iflag=direct 2>/dev/null || echo DDFAIL $1; }}
+read s b </proc/uptime; r vdd 1M 10 0; read e b </proc/uptime; echo BASE-BW $s $e
+read s b </proc/uptime; r vdd 4k 100 0; read e b </proc/uptime; echo BASE-OPS $s $e
+i=0; while [ $i -lt {STEPS} ]; do r vdb 1M {STEP_MIB} $((i%10*{STEP_MIB})); read t b </proc/uptime
+echo MARK $i $t; i=$((i+1)); done
+r vdc 4k {OPS_WARMUP} 0
+read s b </proc/uptime; r vdc 4k {OPS_COUNT} {OPS_WARMUP}; read e b </proc/uptime; echo OPS $s $e"""
+
+
+def _limiter(bandwidth: int | None = None, ops: int | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if bandwidth is not None:
+        out["bandwidth"] = {"size": BUCKET, "refill_time": BUCKET * 1000 // bandwidth}
+    if ops is not None:
+        out["ops"] = {"size": 2 * ops, "refill_time": 2000}
+    return out
+
+
+def _serial(path: Path) -> str:
+    return path.read_text(errors="replace").replace("\r", "") if path.exists() else ""
+
+
+def _marks(text: str) -> dict[int, float]:
+    return {int(i): float(t) for i, t in re.findall(r"^MARK (\d+) ([\d.]+)$", text, re.MULTILINE)}
+
+
+def _note_marks(serial: Path, seen: dict[int, float]) -> None:
+    now = time.monotonic()
+    for step in _marks(_serial(serial)):
+        seen.setdefault(step, now)
+
+
+def _span(text: str, name: str) -> float:
+    found = re.search(rf"^{name} ([\d.]+) ([\d.]+)$", text, re.MULTILINE)
+    assert found, f"no {name} line in the guest's output:\n{text[-3000:]}"
+    return float(found.group(2)) - float(found.group(1))
+
+
+def _within(measured: float, limit: float) -> bool:
+    return abs(measured - limit) <= TOLERANCE * limit
+
+
+def test_drive_rate_limits_hold_and_a_patch_applies_live(kernel, rootfs: Path, tmp_path: Path) -> None:
+    sock, serial, metrics = tmp_path / "api.sock", tmp_path / "serial.out", tmp_path / "metrics.json"
+    drives = {}
+    for name in ("bw", "ops", "free"):
+        drives[name] = tmp_path / f"{name}.img"
+        with drives[name].open("wb") as f:
+            f.truncate(64 * MiB)  # sparse: reads cost the host nothing
+    env = dict(os.environ, PYTHONPATH=str(repo_root()) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, "-m", "firelet.cli.vmm", "--api-sock", str(sock), "--id", "blkrate"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        api_ok(sock, "PUT", "/boot-source", {"kernel_image_path": str(kernel.vmlinux),
+                                             "boot_args": f"console=ttyS0 reboot=k panic=-1 {guest_cmdline_for(GUEST)}"})
+        api_ok(sock, "PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(rootfs),
+                                               "is_root_device": True, "is_read_only": True})
+        for name, limiter in (("bw", _limiter(bandwidth=BW_LIMIT)), ("ops", _limiter(ops=OPS_LIMIT)), ("free", None)):
+            body = {"drive_id": name, "path_on_host": str(drives[name]), "is_root_device": False, "is_read_only": True}
+            api_ok(sock, "PUT", f"/drives/{name}", body | ({"rate_limiter": limiter} if limiter else {}))
+        api_ok(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": 256})
+        api_ok(sock, "PUT", "/serial", {"serial_out_path": str(serial)})
+        api_ok(sock, "PUT", "/metrics", {"metrics_path": str(metrics)})
+        api_ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+
+        seen: dict[int, float] = {}  # when each step's mark reached the test, on its own clock
+        last_before = WARMUP_STEPS - 1 + MEASURED_STEPS
+        deadline = time.monotonic() + BOOT_TIMEOUT_S
+        while last_before not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, _serial(serial)[-3000:]
+            _note_marks(serial, seen)
+            time.sleep(0.02)
+        api_ok(sock, "PATCH", "/drives/bw", {"drive_id": "bw", "rate_limiter": _limiter(bandwidth=BW_PATCHED)})
+        _note_marks(serial, seen)
+        patched_after = max(seen)  # the steps up to this one ran at the first limit
+        exported = api_ok(sock, "GET", "/vm/config")["drives"]
+        assert [d["rate_limiter"] for d in exported if d["drive_id"] == "bw"] == [
+            {"bandwidth": {**_limiter(bandwidth=BW_PATCHED)["bandwidth"], "one_time_burst": None}, "ops": None}]
+        api_ok(sock, "PUT", "/actions", {"action_type": "FlushMetrics"})
+        while STEPS - 1 not in seen and proc.poll() is None:
+            _note_marks(serial, seen)
+            time.sleep(0.02)
+        assert proc.wait(BOOT_TIMEOUT_S) == 0, proc.stderr.read().decode() if proc.stderr else ""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    text = _serial(serial)
+    assert "FIRELET-EXIT status=0" in text and "DDFAIL" not in text, text[-3000:]
+    marks = _marks(text)
+    assert sorted(marks) == list(range(STEPS)), text[-3000:]
+    span = MEASURED_STEPS * STEP_MIB * MiB
+    base_bw, base_ops = 10 * MiB / _span(text, "BASE-BW"), 100 / _span(text, "BASE-OPS")
+    first = WARMUP_STEPS - 1
+    before = span / (marks[last_before] - marks[first])
+    before_host = span / (seen[last_before] - seen[first])
+    first = patched_after + SKIP_AFTER_PATCH
+    last = first + MEASURED_STEPS
+    assert last < STEPS, f"the PATCH came late (after step {patched_after})"
+    after = span / (marks[last] - marks[first])
+    after_host = span / (seen[last] - seen[first]) if last in seen and first in seen else float("nan")
+    ops = OPS_COUNT / _span(text, "OPS")
+    print(f"\nunlimited drive: {base_bw / 1e6:.2f} MB/s, {base_ops:.1f} 4 KiB reads/s\n"
+          f"limited to {BW_LIMIT / 1e6:g} MB/s: {before / 1e6:.3f} MB/s over 30 MiB (host clock {before_host / 1e6:.3f})\n"
+          f"PATCHed to {BW_PATCHED / 1e6:g} MB/s after step {patched_after}: {after / 1e6:.3f} MB/s over 30 MiB "
+          f"(host clock {after_host / 1e6:.3f})\nlimited to {OPS_LIMIT} ops/s: {ops:.2f} ops/s over {OPS_COUNT} reads")
+    assert _within(before, BW_LIMIT), f"{before / 1e6:.3f} MB/s against a limit of {BW_LIMIT / 1e6:g} MB/s"
+    assert _within(after, BW_PATCHED), f"{after / 1e6:.3f} MB/s against a PATCHed limit of {BW_PATCHED / 1e6:g} MB/s"
+    assert _within(ops, OPS_LIMIT), f"{ops:.2f} ops/s against a limit of {OPS_LIMIT}"
+
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert sum(line["block"]["rate_limiter_throttled_events"] for line in lines) > 0
+    assert sum(line["block"]["rate_limiter_event_count"] for line in lines) > 0
