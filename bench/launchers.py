@@ -26,6 +26,8 @@ class BootInputs:
     cmdline: str
     mem_mib: int = 128
     vcpus: int = 1
+    #: Extra raw images, attached read-write after the root one (bench/disk.py's data drive).
+    drives: tuple[Path, ...] = ()
 
 
 class Launcher:
@@ -81,6 +83,8 @@ class QemuMicrovm(Launcher):
             "-append", self.kernel_cmdline(boot.cmdline),
             "-drive", f"id=root,file={boot.rootfs},format=raw,if=none",
             "-device", "virtio-blk-device,drive=root",
+            *[arg for i, path in enumerate(boot.drives) for arg in (
+                "-drive", f"id=data{i},file={path},format=raw,if=none", "-device", f"virtio-blk-device,drive=data{i}")],
             "-no-reboot",
         ]
 
@@ -107,6 +111,7 @@ class Firelet(Launcher):
             "--rootfs", str(boot.rootfs),
             "--cmdline", self.kernel_cmdline(boot.cmdline),
             "--vcpus", str(boot.vcpus), "--mem", str(boot.mem_mib),
+            *[arg for i, path in enumerate(boot.drives) for arg in ("--drive", f"id=data{i},path={path}")],
         ]
 
 
