@@ -133,3 +133,29 @@ def test_without_seccomp_the_same_attempts_return_on_the_api_thread(tmp_path: Pa
         out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert [line.split(":")[0] for line in out.decode().splitlines()] == [f"survived {n} on fc_api" for n in ATTEMPTS]
+
+
+def test_confine_does_nothing_until_the_process_enables_a_policy_and_refuses_a_second_filter() -> None:
+    code = textwrap.dedent("""
+        import threading
+        from firelet import seccomp
+        print(seccomp.confine("vcpu"), seccomp.unconfined_threads())
+        seccomp.enable(seccomp.default_policy())
+        worker = threading.Thread(target=lambda: print(seccomp.confine("metrics"), seccomp.confined_kind(), flush=True),
+                                  name="worker")
+        worker.start()
+        worker.join()
+        print(seccomp.unconfined_threads())
+        seccomp.confine("main")
+        print(seccomp.unconfined_threads())
+        try:
+            seccomp.confine("main")
+        except seccomp.SeccompError as exc:
+            print(exc)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "False []", "True metrics", "['MainThread']", "[]",
+        "thread MainThread is already confined (as main); it cannot also take the main filter"]
