@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import time
+import traceback  # loaded by logging already: the formatter below needs it on confined threads
 from typing import TYPE_CHECKING, Any
 
 from firelet import FIRECRACKER_API_VERSION, __version__
@@ -116,6 +117,8 @@ def set_process_name(name: str) -> None:
 def main(argv: list[str] | None = None, *, prog: str = "firelet-vmm") -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_NoSourceFormatter(f"{prog}: %(levelname)s %(name)s: %(message)s"))
     # stderr gets warnings and errors only, whatever level a logger set through the API asks for:
     # a client that never reads our stderr must not stall the VMM on a full pipe.
     for handler in logging.getLogger().handlers:
@@ -132,6 +135,17 @@ def main(argv: list[str] | None = None, *, prog: str = "firelet-vmm") -> int:
         log.debug("unexpected failure", exc_info=True)
         print(f"{prog}: internal error: {type(exc).__name__}: {exc} (please report firelet's bug)", file=sys.stderr)
         return 70
+
+
+class _NoSourceFormatter(logging.Formatter):
+    """Tracebacks without their source lines: reading those opens files, which a confined thread may not."""
+
+    def formatException(self, ei: Any) -> str:
+        _, exc, tb = ei
+        frames = traceback.StackSummary.extract(traceback.walk_tb(tb), lookup_lines=False)
+        lines = ["Traceback (most recent call last):"]
+        lines += [f'  File "{f.filename}", line {f.lineno}, in {f.name}' for f in frames]
+        return "\n".join([*lines, f"{type(exc).__name__}: {exc}"])
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -60,6 +60,15 @@ def test_every_thread_is_confined_before_the_guest_runs_and_the_vm_ends_cleanly(
     assert result.stdout.splitlines() == [CONFINED_GUEST]
 
 
+def test_a_debug_log_from_every_thread_stays_within_the_filters(tmp_path: Path) -> None:
+    """At Debug level the vCPU logs its registers as it stops (KVM_GET_* ioctls on its own thread)."""
+    log = tmp_path / "log"
+    result = _guest(tmp_path, "none", "--log-path", str(log), "--level", "Debug", "--show-level", "--show-log-origin")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [CONFINED_GUEST]
+    assert ":fc_vcpu 0:DEBUG:" in log.read_text() and "vCPU 0 stopped: rip=" in log.read_text()
+
+
 @pytest.mark.parametrize("name", list(ATTEMPTS))
 def test_an_escape_from_a_vcpu_thread_kills_the_process_with_sigsys(tmp_path: Path, name: str) -> None:
     result = _guest(tmp_path, name)
