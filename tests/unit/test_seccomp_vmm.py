@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,33 @@ def test_a_thread_that_never_confines_itself_keeps_the_guest_out(tmp_path: Path)
     assert "guest wrote" not in result.stdout
     log = (tmp_path / "log").read_text()
     assert "thread(s) stray did not confine themselves within 10 s; the guest did not run" in log
+
+
+def test_a_running_guest_survives_the_stack_report_and_sigterm_ends_the_vmm_cleanly(tmp_path: Path) -> None:
+    """SIGUSR2's report (the loop pauses the vCPUs) and SIGTERM (main stops them) on a confined VMM."""
+    kernel, config, sock = tmp_path / "vmlinux", tmp_path / "vm.json", tmp_path / "api.sock"
+    kernel.write_bytes(_elf(bytes.fromhex("f4ebfd"), pvh_offset=None))  # hlt; jmp hlt
+    config.write_text(json.dumps({"boot-source": {"kernel_image_path": str(kernel)},
+                                  "machine-config": {"vcpu_count": 2, "mem_size_mib": 64}}))
+    stderr = tmp_path / "stderr"
+    with stderr.open("wb") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "firelet.cli.vmm", "--api-sock", str(sock), "--config-file",
+                                 str(config)], env=_env(), stdout=subprocess.DEVNULL, stderr=err_file)
+    try:
+        wait_for_api(sock, proc)
+        while call(sock, "GET", "/")[1]["state"] != "Running":
+            assert proc.poll() is None
+        proc.send_signal(signal.SIGUSR2)
+        deadline = time.monotonic() + 30
+        while "firelet-vmm: vCPU 1: " not in stderr.read_text():  # SIGTERM during the report is another story
+            assert proc.poll() is None and time.monotonic() < deadline, stderr.read_text()
+            time.sleep(0.05)
+        assert call(sock, "GET", "/")[1]["state"] == "Running"  # the report paused and resumed the vCPUs
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, stderr.read_text()
+    assert "firelet-vmm: vCPU 0: rip=" in stderr.read_text()
 
 
 def _api_vmm(tmp_path: Path, attempts: str, *flags: str) -> tuple[subprocess.Popen[bytes], Path]:
