@@ -44,6 +44,9 @@ _PTRACE_PEEKUSER = 3  # linux/ptrace.h
 _TIOCGWINSZ = 0x5413  # asm-generic/ioctls.h: a terminal ioctl, neither KVM's nor TUN's
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
+# Made now, unconfined: each attempt below must make exactly the one forbidden call.
+_PARENT = os.getppid()
+_PIPE_READ, _PIPE_WRITE = os.pipe()
 
 
 def _execve() -> str:
@@ -52,23 +55,19 @@ def _execve() -> str:
 
 
 def _ptrace() -> str:
-    result = _syscall(_SYS_PTRACE, _PTRACE_PEEKUSER, os.getppid(), 0, 0)
+    result = _syscall(_SYS_PTRACE, _PTRACE_PEEKUSER, _PARENT, 0, 0)
     return f"ptrace returned {result}, errno {ctypes.get_errno()}"
 
 
 def _socket_inet() -> str:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM):
-        return "socket made"
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.detach()  # no close(2): some kinds may not close fds
+    return "socket made"
 
 
 def _ioctl() -> str:
-    read_end, write_end = os.pipe()
-    try:
-        fcntl.ioctl(read_end, _TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
-        return "ioctl answered"
-    finally:
-        os.close(read_end)
-        os.close(write_end)
+    fcntl.ioctl(_PIPE_READ, _TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+    return "ioctl answered"
 
 
 ATTEMPTS: dict[str, Callable[[], str]] = {"execve": _execve, "ptrace": _ptrace, "socket": _socket_inet,

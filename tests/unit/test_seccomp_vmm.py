@@ -86,10 +86,9 @@ def test_without_seccomp_the_same_attempts_return_on_the_vcpu_thread(tmp_path: P
 
 
 def test_a_custom_filter_file_is_the_one_installed(tmp_path: Path) -> None:
-    """``--seccomp-filter``: firelet's policy plus socket(AF_INET) (and close) for vCPUs lets that attempt return."""
+    """``--seccomp-filter``: firelet's policy plus socket(AF_INET) for vCPUs lets that attempt return."""
     policy = json.loads(Path(DEFAULT_POLICY_PATH).read_text())
-    policy["vcpu"]["filter"] += [{"syscall": "socket", "args": [{"index": 0, "type": "dword", "op": "eq", "val": 2}]},
-                                 {"syscall": "close"}]
+    policy["vcpu"]["filter"].append({"syscall": "socket", "args": [{"index": 0, "type": "dword", "op": "eq", "val": 2}]})
     custom = tmp_path / "filter.json"
     custom.write_text(json.dumps(policy))
     result = _guest(tmp_path, "socket,ptrace", "--seccomp-filter", str(custom))
@@ -125,7 +124,9 @@ def test_a_running_guest_survives_the_stack_report_and_sigterm_ends_the_vmm_clea
             assert proc.poll() is None
         proc.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 30
-        while "firelet-vmm: vCPU 1: " not in stderr.read_text():  # SIGTERM during the report is another story
+        # The report: each vCPU's registers, or "vCPUs: ..." if a loaded host kept one from pausing
+        # within 5 s. (SIGTERM during the report is another story: wait for it.)
+        while "firelet-vmm: vCPU" not in stderr.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, stderr.read_text()
             time.sleep(0.05)
         assert call(sock, "GET", "/")[1]["state"] == "Running"  # the report paused and resumed the vCPUs
@@ -133,7 +134,7 @@ def test_a_running_guest_survives_the_stack_report_and_sigterm_ends_the_vmm_clea
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert proc.returncode == 0, stderr.read_text()
-    assert "firelet-vmm: vCPU 0: rip=" in stderr.read_text()
+    assert "firelet-vmm: vCPU 0: rip=" in stderr.read_text() or "firelet-vmm: vCPUs: " in stderr.read_text()
 
 
 def _api_vmm(tmp_path: Path, attempts: str, *flags: str) -> tuple[subprocess.Popen[bytes], Path]:
