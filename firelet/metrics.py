@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from firelet import threads
+from firelet import seccomp, threads
 
 #: Firecracker writes metrics every 60 s (docs/metrics.md).
 FLUSH_INTERVAL_S = 60.0
@@ -177,12 +177,15 @@ class MetricsWriter:
         return ok
 
     def _run(self) -> None:
+        seccomp.confine("metrics")
         while not self._stop.wait(self._interval):
             self.flush()
 
     def close(self) -> None:
         """Write a last line and stop."""
         self._stop.set()
+        if self._thread is not threading.current_thread():  # no thread left to wake during shutdown
+            self._thread.join(timeout=5)
         self.flush()
         with self._lock:
             if self._fd >= 0:

@@ -3,31 +3,29 @@
     python scripts/seccomp_trace_hook.py [--confine] -- VMM-ARGS...
 
 A mark is a stat(2) of a path under MARK that strace records with the thread's id. Each thread
-is marked at its start (with its name) and at the point where it will install its filter:
-vCPU, API, metrics and watch threads at their start, the event loop once ``InstanceStart``
-has built the VM, the main thread when it starts waiting for the VM. The backend (with the
-event loop thread) is made on an unconfined helper thread, as docs/seccomp.md asks of the
-wiring (made by the API thread it would run under the API's filter). With ``--confine`` each
-thread also installs firelet's filter for its kind at its mark, as the VMM will once wired,
-after the late imports the traces found (simulating their fix).
+is marked at its start (with its name) and where it confines itself: every call of
+``firelet.seccomp.confine`` (the VMM's own confinement points, docs/seccomp.md) is marked
+first. Without ``--confine`` the VMM runs its confinement code path whole (the imports before
+confinement, glibc's preparation, the vCPUs held until every thread reached its point) but
+installs no filter, so the trace sees what each thread calls after its point; with
+``--confine`` the filters are installed as in production.
 """
 
 from __future__ import annotations
 
 import os
-import queue
 import re
 import sys
 import threading
-from collections.abc import Callable
 from typing import Any
 
 MARK = "/firelet-seccomp-mark/"
-#: Thread names (today's and the announced fc_* ones) -> kind; "build" threads end before the guest runs.
+#: Thread names (firelet.threads; older names too, for saved traces) -> kind; "build" threads end
+#: before the guest runs.
 NAME_KINDS = [(r"fc_api$", "api"), (r"(fl-events|fc_vmm)$", "vmm"), (r"(fl-vcpu|fc_vcpu ?)\d+$", "vcpu"),
-              (r"fc_metrics$", "metrics"), (r"fl-watch$", "watch"), (r"main$", "main"),
-              (r"firelet-(kvm-setup|loader)$", "build"), (r"seccomp-trace-spawner$", "build")]
-#: Kinds confined from their thread's start; the others at their confine/<kind> mark.
+              (r"fc_metrics$", "metrics"), (r"(fl-watch|fc_watch)$", "watch"), (r"main$", "main"),
+              (r"(firelet-(kvm-setup|loader)|fc_(kvm_setup|loader))$", "build")]
+#: Kinds that confine themselves first thing in their thread (their calls count from its start).
 CONFINED_AT_START = {"api", "vcpu", "metrics", "watch"}
 
 
@@ -39,86 +37,43 @@ def kind_of(name: str) -> str:
 
 
 def main(confine: bool, args: list[str]) -> int:
-    if confine:  # the late imports, done before any thread confines itself
-        import json  # noqa: F401 - imported for its side effect (sys.modules)
-
-        import firelet.devices.legacy.console
-        import firelet.logs
-        import firelet.seccomp.attach
-        import firelet.seccomp.compiler
     import firelet.seccomp
+    from firelet.seccomp import attach
 
-    if confine:
-        firelet.seccomp.resolve_policy(False, None)
-
-    def mark(what: str, kind: str | None = None) -> None:
+    def mark(what: str) -> None:
         try:
             os.stat(MARK + what)
         except OSError:
             pass
-        if confine and kind is not None:
-            firelet.seccomp.install(kind)
 
+    if not confine:  # the whole confinement path runs; only the kernel call is left out
+        def no_install(program: Any) -> None:
+            pass
+
+        attach_module: Any = attach
+        attach_module.install_program = no_install
+    confine_for_real = firelet.seccomp.confine
+
+    def confine_marked(kind: str) -> bool:
+        mark("confine/" + kind)
+        return confine_for_real(kind)
+
+    seccomp_module: Any = firelet.seccomp
+    seccomp_module.confine = confine_marked
     thread_class: Any = threading.Thread  # _bootstrap_inner: CPython's private start of a thread
     inner = thread_class._bootstrap_inner
 
     def bootstrap_inner(self: threading.Thread) -> None:
-        kind = kind_of(self.name)
-        mark("thread/" + self.name, kind if kind in CONFINED_AT_START else None)
+        mark("thread/" + self.name)
         inner(self)
 
     thread_class._bootstrap_inner = bootstrap_inner
     mark("thread/main")
 
     import firelet.cli.vmm as vmm
-    from firelet.api import routes
-    from firelet.controller import vmm_controller
 
-    wait = vmm._wait_for_vm
-
-    def wait_for_vm(api: Any) -> int:
-        mark("confine/main", "main")
-        return wait(api)
-
-    cli: Any = vmm
-    cli._wait_for_vm = wait_for_vm
-    start = vmm_controller.VmmController.start
-
-    def start_and_confine(self: Any, config: Any) -> None:
-        start(self, config)
-        mark("confine/vmm", "vmm")
-
-    controller: Any = vmm_controller.VmmController
-    controller.start = start_and_confine
-    api_class: Any = routes.Api
-    api_class.create_backend = _on_spawner(routes.Api.create_backend)
     sys.argv = ["firelet-vmm", *args]
     return int(vmm.console())
-
-
-def _on_spawner(create: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``create`` run on a helper thread started now, before anything is confined."""
-    jobs: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
-
-    def spawner() -> None:
-        while True:
-            fn, answer = jobs.get()
-            try:
-                answer.put(fn())
-            except BaseException as exc:  # handed to the caller
-                answer.put(exc)
-
-    threading.Thread(target=spawner, name="seccomp-trace-spawner", daemon=True).start()
-
-    def on_spawner(self: Any) -> Any:
-        answer: queue.Queue[Any] = queue.Queue()
-        jobs.put((lambda: create(self), answer))
-        result = answer.get()
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
-    return on_spawner
 
 
 if __name__ == "__main__":

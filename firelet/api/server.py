@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from firelet import seccomp
 from firelet.errors import FireletError
 
 log = logging.getLogger("firelet.api")
@@ -142,6 +143,7 @@ class ApiServer:
             self._thread.join(timeout=5)
 
     def serve_forever(self) -> None:
+        seccomp.confine("api")  # before the first request: a client never talks to an unconfined thread
         self._sel.register(self._listener, selectors.EVENT_READ, None)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         try:

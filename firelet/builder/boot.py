@@ -150,6 +150,7 @@ def build_vmm(
     ``boot_timer``: Firecracker's ``--boot-timer`` device, in the first MMIO window.
     ``metrics``: the VM's counters (a new :class:`~firelet.metrics.Metrics` if not given;
     firelet-vmm passes the one its API already counts in).
+    ``event_loop``: the loop to serve the devices on; one handed in stays the caller's to close.
     ``kinds``: the device kinds to plan from (default: :data:`firelet.builder.registry.DEVICE_KINDS`).
     """
     from firelet.arch.x86_64.ram import guest_ram
@@ -185,7 +186,8 @@ def build_vmm(
         waits = KernelWaits()
         _setup_vm(vm_fd, memory, waits, track_dirty_pages=machine.track_dirty_pages)
         loop = event_loop if event_loop is not None else EventLoop()
-        closers.append(loop.close)
+        if event_loop is None:  # a loop handed in is its maker's to close (it may outlive a failed build)
+            closers.append(loop.close)
         gate = VcpuGate()
         vmm = Vmm(resources, loop, gate, metrics)
         if COALESCE_SERIAL_OUTPUT and vm_fd.check_extension(KVM_CAP_COALESCED_PIO) > 0:

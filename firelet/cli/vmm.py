@@ -15,6 +15,7 @@ import re
 import signal
 import sys
 import time
+import traceback  # loaded by logging already: the formatter below needs it on confined threads
 from typing import TYPE_CHECKING, Any
 
 from firelet import FIRECRACKER_API_VERSION, __version__
@@ -23,6 +24,7 @@ from firelet.errors import FireletError, UsageError
 if TYPE_CHECKING:  # pragma: no cover
     from firelet.api.routes import Api
     from firelet.controller.interface import VmmBackend
+    from firelet.events.loop import EventLoop
 
 log = logging.getLogger("firelet.vmm")
 
@@ -65,8 +67,11 @@ def build_parser(prog: str = "firelet-vmm") -> argparse.ArgumentParser:
                    help="accepted; firelet has no PCI transport yet, so devices stay on virtio-mmio (logged)")
     p.add_argument("--snapshot-version", action="store_true", help="print the snapshot data format version")
     p.add_argument("--describe-snapshot", metavar="PATH", help="print a snapshot state file's data format version")
-    p.add_argument("--no-seccomp", action="store_true", help="accepted; seccomp lands with the jailer")
-    p.add_argument("--seccomp-filter", metavar="PATH", help="accepted; seccomp lands with the jailer")
+    p.add_argument("--no-seccomp", action="store_true",
+                   help="run the VMM's threads without seccomp filters (default: firelet's per-thread filters)")
+    p.add_argument("--seccomp-filter", metavar="PATH",
+                   help="per-thread seccomp filters in seccompiler's JSON format (Firecracker takes its compiled "
+                        "output; firelet compiles the JSON itself)")
     p.add_argument("--start-time-us", type=int, help="process start wall time, from the jailer (µs)")
     p.add_argument("--start-time-cpu-us", type=int, help="process start CPU time, from the jailer (µs)")
     p.add_argument("--parent-cpu-time-us", type=int, help="the jailer's own CPU time (µs)")
@@ -112,6 +117,8 @@ def set_process_name(name: str) -> None:
 def main(argv: list[str] | None = None, *, prog: str = "firelet-vmm") -> int:
     args = build_parser(prog).parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"{prog}: %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_NoSourceFormatter(f"{prog}: %(levelname)s %(name)s: %(message)s"))
     # stderr gets warnings and errors only, whatever level a logger set through the API asks for:
     # a client that never reads our stderr must not stall the VMM on a full pipe.
     for handler in logging.getLogger().handlers:
@@ -128,6 +135,17 @@ def main(argv: list[str] | None = None, *, prog: str = "firelet-vmm") -> int:
         log.debug("unexpected failure", exc_info=True)
         print(f"{prog}: internal error: {type(exc).__name__}: {exc} (please report firelet's bug)", file=sys.stderr)
         return 70
+
+
+class _NoSourceFormatter(logging.Formatter):
+    """Tracebacks without their source lines: reading those opens files, which a confined thread may not."""
+
+    def formatException(self, ei: Any) -> str:
+        _, exc, tb = ei
+        frames = traceback.StackSummary.extract(traceback.walk_tb(tb), lookup_lines=False)
+        lines = ["Traceback (most recent call last):"]
+        lines += [f'  File "{f.filename}", line {f.lineno}, in {f.name}' for f in frames]
+        return "\n".join([*lines, f"{type(exc).__name__}: {exc}"])
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -157,6 +175,12 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    from firelet import seccomp
+
+    policy = seccomp.resolve_policy(args.no_seccomp, args.seccomp_filter)
+    if policy is not None:
+        _import_before_confinement()
+        seccomp.enable(policy)  # from here on each VMM thread confines itself at its start point
     # vCPUs are kicked out of KVM_RUN by a signal whose handler only the main thread can install.
     from firelet.kvm import install_kick_handler
 
@@ -164,10 +188,15 @@ def run(args: argparse.Namespace) -> int:
     from firelet.api.routes import Api
     from firelet.api.server import ApiServer, Request, bind_unix_socket, remove_socket_file
     from firelet.config import model as cfg
+    from firelet.events.loop import EventLoop
     from firelet.metrics import Metrics
 
+    # The event loop thread is made here, by the unconfined main thread: a thread inherits its
+    # maker's filter, and the API thread that asks for the VM is confined from its start.
+    loop = EventLoop()
+    loop.start()
     # The VM's counters: the API counts requests in them from the start, the VM once built.
-    api = Api(instance_id=args.id, backend_factory=lambda: _make_backend(args, api), metrics=Metrics(),
+    api = Api(instance_id=args.id, backend_factory=lambda: _make_backend(args, api, loop), metrics=Metrics(),
               mmds_size_limit=args.mmds_size_limit or args.http_api_max_payload_size)
     _setup_logger(api, args)
     metadata = _read_metadata(args.metadata) if args.metadata else None
@@ -199,8 +228,22 @@ def run(args: argparse.Namespace) -> int:
             server.stop()
             remove_socket_file(args.api_sock)
         _close_backend(api.backend)
+        _close_loop(loop)
         if api.metrics_writer is not None:
             api.metrics_writer.close()
+
+
+#: What the VMM's threads import lazily after they have confined themselves (an import opens
+#: files and maps extension modules executable, which no filter allows): imported at start instead.
+_LATE_IMPORTS = ("json", "ipaddress", "firelet.logs", "firelet.config.support", "firelet.controller.vmm_controller",
+                 "firelet.devices.legacy.console")
+
+
+def _import_before_confinement() -> None:
+    import importlib
+
+    for name in _LATE_IMPORTS:
+        importlib.import_module(name)
 
 
 def _report_vcpus(backend: Any) -> None:
@@ -304,7 +347,14 @@ def _read_metadata(path: str) -> bytes:
 
 
 def _wait_for_vm(api: Api) -> int:
-    """Block until the VM has started and then ended; its exit code."""
+    """Confine the main thread, then block until the VM has started and then ended; its exit code.
+
+    Here, after the API thread, the event loop and the metrics writer exist and (with
+    ``--config-file``) ``InstanceStart`` was answered: the vCPUs wait for this confinement.
+    """
+    from firelet import seccomp
+
+    seccomp.confine("main")
     while not api.started.wait(0.5):
         pass
     backend = api.backend
@@ -315,8 +365,9 @@ def _wait_for_vm(api: Api) -> int:
             return code
 
 
-def _make_backend(args: argparse.Namespace, api: Api) -> VmmBackend:
-    """The real VMM, imported only when a VM starts (keeps the API's start-up small)."""
+def _make_backend(args: argparse.Namespace, api: Api, loop: EventLoop) -> VmmBackend:
+    """The real VMM on the event loop made at start, imported only when a VM starts (keeps the
+    API's start-up small; with seccomp it was imported at start, see :data:`_LATE_IMPORTS`)."""
     from firelet.controller.interface import BackendError
 
     if args.enable_pci:  # said as the devices are made, so a logger set through the API gets it too
@@ -337,7 +388,8 @@ def _make_backend(args: argparse.Namespace, api: Api) -> VmmBackend:
             console = FdSink(open_sink(serial.serial_out_path))
         except OSError as exc:
             raise BackendError(f"cannot open serial_out_path {serial.serial_out_path}: {exc.strerror}") from None
-    return VmmController(instance_id=args.id, console=console, boot_timer=args.boot_timer, metrics=api.metrics)
+    return VmmController(instance_id=args.id, console=console, boot_timer=args.boot_timer, metrics=api.metrics,
+                         loop=loop)
 
 
 def _close_backend(backend: Any) -> None:
@@ -347,6 +399,17 @@ def _close_backend(backend: Any) -> None:
             close()
         except Exception:  # leaving anyway; say so in the log
             log.warning("closing the VMM failed", exc_info=True)
+
+
+def _close_loop(loop: EventLoop) -> None:
+    """Stop the event loop made at start (a VM's end has stopped it already) and release it."""
+    loop.stop()
+    if loop.thread is not None:
+        loop.thread.join(timeout=5)
+        if loop.thread.is_alive():
+            log.warning("the event loop did not stop")
+            return
+    loop.close()
 
 
 def _record_startup_time(api: Api, args: argparse.Namespace) -> None:

@@ -1,8 +1,10 @@
 """The real VMM behind the API: runs API operations on the VMM's event loop.
 
-Implements :class:`firelet.controller.interface.VmmBackend`. The controller owns the
-event loop from process start (so the API can hand it work before the VM
-exists); ``InstanceStart`` builds the VM onto that same loop.
+Implements :class:`firelet.controller.interface.VmmBackend`. The controller runs on an
+event loop that exists before the VM (so the API can hand it work before then): its own,
+or one the caller made earlier (``firelet-vmm`` makes it at start, on its unconfined main
+thread, so that the loop thread's maker is not the confined API thread).
+``InstanceStart`` builds the VM onto that loop.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from firelet import threads
+from firelet import seccomp, threads
 from firelet.controller.interface import BackendError, NotSupported, VmRunState
 from firelet.events.loop import EventLoop, LoopStopped
 from firelet.log import get_logger
@@ -24,15 +26,18 @@ T = TypeVar("T")
 
 class VmmController:
     def __init__(self, instance_id: str = "anonymous-instance", console: Any = None, *,
-                 boot_timer: bool = False, metrics: Metrics | None = None) -> None:
+                 boot_timer: bool = False, metrics: Metrics | None = None, loop: EventLoop | None = None) -> None:
         self.instance_id = instance_id
         #: The VM's counters: firelet-vmm hands in the ones its API counts requests in.
         self.metrics = metrics if metrics is not None else Metrics()
         self._console = console
         #: Firecracker's ``--boot-timer``: log the guest's boot time, counted from the start request.
         self._boot_timer = boot_timer
-        self.loop = EventLoop()
-        self.loop.start()
+        #: A loop handed in stays the caller's: a failed start leaves it running for the next backend.
+        self._own_loop = loop is None
+        self.loop = loop if loop is not None else EventLoop()
+        if self._own_loop:
+            self.loop.start()
         self.vmm: Any = None
         self.config: Any = None
         self._ended = threading.Event()
@@ -69,10 +74,14 @@ class VmmController:
         console = ConsoleSpec(self._console if self._console is not None else FdSink(1))
         self.vmm = build_vmm(config, console, event_loop=self.loop, boot_timer=timer, metrics=self.metrics)
         self.config = config
-        self.vmm.start()
+        # Every thread this one makes is made before it confines itself (a thread inherits its
+        # maker's filter); the vCPUs confine themselves and wait until the whole process is confined.
+        self.vmm.start(hold=True)
         threading.Thread(target=self._watch, name=threads.WATCH, daemon=True).start()
+        self.vmm.confine_and_release()
 
     def _watch(self) -> None:
+        seccomp.confine("watch")
         self.vmm.wait()
         self._ended.set()
 
@@ -154,6 +163,12 @@ class VmmController:
 
     def close(self) -> None:
         if self.vmm is not None:
-            self.vmm.close()
-        else:
+            self.vmm.close()  # stops and joins the loop
+        elif self._own_loop:
             self.loop.stop()
+        if self._own_loop:
+            thread = self.loop.thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=5)
+            if thread is None or not thread.is_alive():
+                self.loop.close()

@@ -14,6 +14,7 @@ from firelet.seccomp.bpf import Insn, encode
 from firelet.seccomp.policy import SeccompError
 
 PR_SET_NO_NEW_PRIVS = 38  # linux/prctl.h
+M_ARENA_MAX = -8  # glibc malloc.h: mallopt's limit on malloc arenas
 SYS_SECCOMP = 317  # asm/unistd_64.h
 SECCOMP_SET_MODE_FILTER = 1  # linux/seccomp.h
 
@@ -55,3 +56,21 @@ def install_program(program: list[Insn]) -> None:
         err = ctypes.get_errno()
         raise SeccompError(f"seccomp(SECCOMP_SET_MODE_FILTER) refused a {len(program)}-instruction filter: "
                            f"{os.strerror(err)}")
+
+
+def prepare_process() -> None:
+    """Make glibc's one-time file reads happen before any thread is confined, or never.
+
+    Two were seen killing a confined VMM: glibc shrinking a thread's own malloc arena reads
+    /proc/sys/vm/overcommit_memory the first time (one arena for the whole process means no
+    thread arenas; CPython allocates under the GIL, so one arena costs no parallelism), and
+    the first ``pthread_exit`` (CPython's end of a daemon thread that wakes during interpreter
+    shutdown) loads libgcc_s for unwinding: loaded here, it is not opened again.
+    """
+    libc = _c()
+    if libc.mallopt(M_ARENA_MAX, 1) != 1:
+        raise SeccompError("mallopt(M_ARENA_MAX, 1) failed: cannot keep malloc off its lazy file reads")
+    try:
+        ctypes.CDLL("libgcc_s.so.1")
+    except OSError:  # a C library without the split keeps its unwinder inside
+        pass

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Protocol
 
-from firelet import threads
+from firelet import seccomp, threads
 from firelet.arch.x86_64.regs import X86_CR0_PG
 from firelet.kvm import structs as S
 from firelet.log import DEBUG, get_logger
@@ -62,6 +62,10 @@ class VcpuGate:
         self.running = threading.Event()
         self.running.set()
         self.stopping = threading.Event()
+        #: Open: the vCPUs may enter the guest. ``Vmm.start(hold=True)`` closes it until every
+        #: thread of the process is confined (:meth:`firelet.vstate.vmm.Vmm.confine_and_release`).
+        self.entry = threading.Event()
+        self.entry.set()
         self._cond = threading.Condition()
         self._parked = 0
 
@@ -121,6 +125,10 @@ class Vcpu:
 
     def _run(self) -> None:
         try:
+            seccomp.confine("vcpu")  # first: nothing below runs unconfined in a confining process
+            self.gate.entry.wait()
+            if self.gate.stopping.is_set():  # the VM ended before its guest ran
+                return
             self._loop()
         except Exception as exc:  # a VMM bug in exit handling: end the VM, keep the trace in the log
             self.metrics.failures += 1

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from firelet import seccomp
 from firelet.arch.x86_64 import layout
 from firelet.events.loop import EventLoop
 from firelet.log import DEBUG, get_logger
@@ -26,6 +27,10 @@ log = get_logger(__name__)
 
 #: How long pause() waits for every vCPU to leave KVM_RUN.
 PAUSE_TIMEOUT_S = 5.0
+#: How long the vCPUs wait at the guest's door for the process's other threads to confine themselves.
+CONFINE_TIMEOUT_S = 10.0
+#: How often the event loop looks again whether every thread is confined.
+_CONFINE_POLL_S = 0.001
 
 
 class VmmResources:
@@ -69,16 +74,53 @@ class Vmm:
         event_loop.on_failure = lambda exc: self.finish(VmExit(ExitKind.VMM_ERROR, f"event loop: {exc}"))
 
     # -- lifecycle ----------------------------------------------------------
-    def start(self) -> None:
-        """Start the vCPUs and the event loop that serves the devices."""
+    def start(self, *, hold: bool = False) -> None:
+        """Start the vCPUs and the event loop that serves the devices.
+
+        ``hold``: the vCPU threads start (and confine themselves) but wait before the guest's
+        first instruction until :meth:`release` or :meth:`confine_and_release`.
+        """
         if self._started:
             raise RuntimeError("microVM already started")
         self._started = True
         self.boot_time = time.monotonic()
+        if hold:
+            self.gate.entry.clear()
         if self.event_loop.thread is None and not self._done.is_set():
             self.event_loop.start()
         for vcpu in self.vcpus:
             vcpu.start()
+
+    def release(self) -> None:
+        """Let vCPUs held by ``start(hold=True)`` into the guest."""
+        self.gate.entry.set()
+
+    def confine_and_release(self, timeout_s: float = CONFINE_TIMEOUT_S) -> None:
+        """Confine the event loop thread, then release the vCPUs once every thread of the process is confined.
+
+        Called on the event loop thread after it has made every thread it will make (the
+        vCPUs, the VM's watcher): a thread inherits its maker's filter. The loop looks again
+        every millisecond, so the main thread may confine itself after this returns (as
+        ``firelet-vmm`` does once ``InstanceStart`` is answered); a thread that does not
+        within ``timeout_s`` ends the VM. In a process that does not confine its threads
+        (:func:`firelet.seccomp.enabled`) this releases at once.
+        """
+        seccomp.confine("vmm")
+        deadline = time.monotonic() + timeout_s
+
+        def check() -> None:
+            if self._done.is_set():
+                return
+            waiting = seccomp.unconfined_threads()
+            if not waiting:
+                self.release()
+            elif time.monotonic() > deadline:
+                self.finish(VmExit(ExitKind.VMM_ERROR, f"thread(s) {', '.join(waiting)} did not confine "
+                                   f"themselves within {timeout_s:g} s; the guest did not run"))
+            else:
+                self.event_loop.call_later(_CONFINE_POLL_S, check)
+
+        check()
 
     @property
     def state(self) -> str:
@@ -112,6 +154,7 @@ class Vmm:
         log.info("microVM ended: %s", outcome)
         self.gate.stopping.set()
         self.gate.running.set()
+        self.gate.entry.set()  # vCPUs held at the door see stopping and end
         for vcpu in self.vcpus:  # the reporting vCPU too: its next KVM_RUN must return at once
             vcpu.kick()
         self.event_loop.stop()
