@@ -9,6 +9,7 @@ full disk fails that member, reported by its id, and the others go on.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -31,6 +32,8 @@ LAUNCHER_SOCK = "launcher.sock"
 READY_TIMEOUT_S = 120.0
 #: What a drive copy leaves out of its name: the private copies, removed when the fleet stops.
 _DRIVE_PREFIX = "drive-"
+#: Read/write size of a drive copy where copy_file_range cannot.
+_CHUNK = 1 << 20
 
 
 def default_dir() -> Path:
@@ -127,7 +130,11 @@ class Fleet:
         for index, drive in enumerate(mine.get("drives") or []):
             if drive.get("path_on_host") and not drive.get("is_read_only"):
                 copy = member.dir / f"{_DRIVE_PREFIX}{index}{Path(drive['path_on_host']).suffix}"
-                sparse_copy(drive["path_on_host"], copy)
+                try:
+                    sparse_copy(drive["path_on_host"], copy)
+                except OSError as exc:
+                    raise UsageError(f"drive {drive.get('drive_id')}: cannot copy {drive['path_on_host']} to "
+                                     f"{copy}: {exc.strerror or exc}") from None
                 drive["path_on_host"] = str(copy)
         argv = ["--api-sock", str(member.api_sock), "--config-file", str(member.dir / CONFIG), "--id", member.id]
         for key, field, name, flag in (("logger", "log_path", LOG, "--log-path"),
@@ -226,6 +233,26 @@ def _read_config(path: Path) -> dict[str, Any]:
     return config
 
 
+def _copy_extent(src: int, dst: int, start: int, end: int) -> None:
+    """Bytes [start, end) to the same offsets: copy_file_range (a reflink where the filesystem can), else read/write."""
+    try:
+        while start < end:
+            copied = os.copy_file_range(src, dst, end - start, start, start)
+            if copied == 0:
+                return
+            start += copied
+        return
+    except OSError as exc:  # across filesystems before Linux 5.19, or one that cannot (9p, FUSE)
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    while start < end:
+        chunk = os.pread(src, min(_CHUNK, end - start), start)
+        if not chunk:
+            return
+        os.pwrite(dst, chunk, start)
+        start += len(chunk)
+
+
 def sparse_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
     """Copy a disk image, leaving its holes holes (SEEK_DATA/SEEK_HOLE, copy_file_range)."""
     with open(source, "rb") as src, open(target, "xb") as dst:
@@ -237,10 +264,6 @@ def sparse_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) 
             except OSError:  # ENXIO: only a hole is left
                 break
             end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
-            while start < end:
-                copied = os.copy_file_range(src.fileno(), dst.fileno(), end - start, start, start)
-                if copied == 0:
-                    break
-                start += copied
+            _copy_extent(src.fileno(), dst.fileno(), start, end)
             offset = end
         dst.truncate(size)

@@ -54,6 +54,21 @@ def test_sparse_copy_keeps_the_data_and_the_holes(workdir: Path) -> None:
         sparse_copy(workdir / "rw.img", workdir / "copy.img")
 
 
+def test_sparse_copy_across_filesystems_falls_back_to_read_and_write(workdir: Path) -> None:
+    if not os.path.isdir("/dev/shm") or os.stat("/dev/shm").st_dev == os.stat(workdir).st_dev:
+        pytest.fail("needs /dev/shm on another filesystem than /tmp, as on the host and in the rig")
+    source = Path(tempfile.mkdtemp(dir="/dev/shm")) / "disk.img"
+    try:
+        with open(source, "wb") as f:
+            f.truncate(8 << 20)
+            f.seek(3 << 20)
+            f.write(b"across filesystems")
+        sparse_copy(source, workdir / "copy.img")  # copy_file_range says EXDEV here
+        assert (workdir / "copy.img").read_bytes() == source.read_bytes()
+    finally:
+        shutil.rmtree(source.parent)
+
+
 def test_each_member_gets_its_files_a_private_writable_drive_and_the_shared_read_only_one(
         workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(workdir)
