@@ -77,9 +77,14 @@ class Launcher:
                 raise LauncherError(f"the launcher for {path} exited at start (status {code}){why}")
             if Path(path).exists():
                 try:
-                    return cls(path, process=process)
+                    launcher = cls(path, process=process)
                 except LauncherError:
                     pass
+                else:  # ours, not a launcher that already listened there (ours then exits saying so)
+                    if launcher.ping()["pid"] == process.pid:
+                        return launcher
+                    launcher.process = None
+                    launcher.close()
             if time.monotonic() > deadline:
                 process.kill()
                 process.wait()

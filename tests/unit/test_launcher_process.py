@@ -188,6 +188,9 @@ def test_a_socket_path_in_use_is_refused_and_a_stale_one_is_taken(launcher: Laun
     assert done.stderr.strip().splitlines() == [
         f"firelet: error: --socket {launcher.socket_path}: a launcher is already listening there; stop it "
         "(firelet fleet stop --all) or choose another path"]
+    with pytest.raises(LauncherError, match=r"the launcher for .* exited at start \(status 1\); see "):
+        Launcher.start(launcher.socket_path, log_path=workdir / "second.log")
+    assert "a launcher is already listening there" in (workdir / "second.log").read_text()
     plain = workdir / "plain"
     plain.write_text("")
     done = _run_launcher(plain)
