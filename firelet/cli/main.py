@@ -20,7 +20,7 @@ from firelet.errors import FireletError
 from firelet.log import DEBUG, INFO, get_logger
 
 # Sub-command modules, in the order --help lists them.
-_COMMANDS = ("run", "demo", "build", "nested", "net")
+_COMMANDS = ("run", "demo", "build", "nested", "net", "launcher", "fleet")
 
 log = get_logger("firelet")
 

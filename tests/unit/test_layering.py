@@ -42,6 +42,10 @@ LAYERS: list[tuple[str, ...]] = [
     # Beside the VMM: the jailer, host networking (TAPs, namespaces, NAT) and the developer
     # tooling (guest images, the nested rig). They may use the runtime; the runtime never imports them.
     ("firelet.jailer", "firelet.hostnet", "firelet.devtools"),
+    # firelet-vmm's own command: the program the launcher's children run (they call its main).
+    ("firelet.cli.vmm", "firelet.cli.lean"),
+    # The warm launcher and the fleet: fork VMMs from a warm parent. The VMM never imports them.
+    ("firelet.launcher",),
     ("firelet.cli", "firelet.__main__"),  # the commands
 ]
 
@@ -61,7 +65,8 @@ KNOWN_VIOLATIONS: set[str] = set()
 
 # What the VMM process (firelet-vmm) must never load, on any path it can take.
 NOT_FOR_THE_VMM = ("firelet.devtools", "firelet.hostnet", "firelet.cli.build", "firelet.cli.demo",
-                   "firelet.cli.nested", "firelet.cli.net")
+                   "firelet.cli.nested", "firelet.cli.net", "firelet.launcher", "firelet.cli.launcher",
+                   "firelet.cli.fleet")
 
 PACKAGE_DIR = Path(firelet.__file__).resolve().parent
 

@@ -1,0 +1,269 @@
+"""``Fleet``: many microVMs from one Firecracker config file, through a warm launcher.
+
+Each member gets its own id, directory (``DIR/<id>/``), API socket, log, metrics and
+console files, and a private sparse copy of each writable drive; read-only drives
+(a shared root) are used in place. The config is rewritten per member and handed
+to firelet-vmm unchanged otherwise, so firelet-vmm validates it: a bad config or a
+full disk fails that member, reported by its id, and the others go on.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from firelet.errors import UsageError
+from firelet.launcher.client import Launcher, Records
+from firelet.launcher.server import MAX_SOCKET_PATH, LauncherError
+
+#: Each member's files, inside ``DIR/<id>/``.
+API_SOCK, CONFIG, LOG, METRICS, CONSOLE, STDERR = ("api.sock", "config.json", "vmm.log", "metrics.json",
+                                                   "console.log", "stderr.log")
+#: The launcher socket a fleet directory uses unless told otherwise.
+LAUNCHER_SOCK = "launcher.sock"
+#: How long a member may take from launch to a started VM (s): the nested rig boots slowly.
+READY_TIMEOUT_S = 120.0
+#: What a drive copy leaves out of its name: the private copies, removed when the fleet stops.
+_DRIVE_PREFIX = "drive-"
+#: Read/write size of a drive copy where copy_file_range cannot.
+_CHUNK = 1 << 20
+
+
+def default_dir() -> Path:
+    """Where a fleet lives unless ``--dir`` says: a short path (sockets), private to the user."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "firelet-fleet"
+    return Path("/run/firelet/fleet") if os.geteuid() == 0 else Path(f"/tmp/firelet-fleet-{os.getuid()}")
+
+
+@dataclass
+class Member:
+    """One microVM of a fleet launch: its pid once launched, or why it failed."""
+
+    id: str
+    dir: Path
+    pid: int | None = None
+    error: str | None = None
+    ready: bool = False
+
+    @property
+    def api_sock(self) -> Path:
+        return self.dir / API_SOCK
+
+
+Progress = Callable[[int, int, int], None]  # (ready, failed, total)
+
+
+class Fleet:
+    """The microVMs a launcher runs for one fleet directory."""
+
+    def __init__(self, launcher: Launcher, directory: str | os.PathLike[str]) -> None:
+        self.launcher = launcher
+        self.dir = Path(directory).absolute()
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str] | None = None, *, launcher_socket: str | None = None,
+             start: bool = False) -> Fleet:
+        """The fleet in ``directory``, through its launcher (started in the background if ``start``)."""
+        path = Path(directory) if directory is not None else default_dir()
+        sock = launcher_socket or str(path / LAUNCHER_SOCK)
+        try:
+            return cls(Launcher.connect(sock), path)
+        except LauncherError:
+            if not start:
+                raise
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        launcher = Launcher.start(sock, log_path=path / "launcher.log")
+        launcher.process = None  # it outlives this process: the fleet's commands come and go
+        return cls(launcher, path)
+
+    def close(self) -> None:
+        """Disconnect; the launcher and the microVMs keep running."""
+        self.launcher.close()
+
+    # -- up ---------------------------------------------------------------------------------
+    def up(self, count: int, config_path: str | os.PathLike[str], *, prefix: str = "vm",
+           ready_timeout_s: float = READY_TIMEOUT_S, progress: Progress | None = None) -> list[Member]:
+        """Launch ``count`` microVMs from one config file; each member says its pid or its error."""
+        if count < 1:
+            raise UsageError("fleet up: give a number of microVMs, 1 or more")
+        config = _read_config(Path(config_path))
+        taken = {vm["id"] for vm in self.launcher.list()}
+        ids: list[str] = []
+        k = 1
+        while len(ids) < count:
+            if f"{prefix}-{k}" not in taken:
+                ids.append(f"{prefix}-{k}")
+            k += 1
+        members = [Member(vm_id, self.dir / vm_id) for vm_id in ids]
+        for member in members:
+            try:
+                argv = self._prepare(member, config)
+                member.pid = self.launcher.launch(member.id, argv, stdout=str(member.dir / CONSOLE),
+                                                  stderr=str(member.dir / STDERR), cwd=os.getcwd())
+            except OSError as exc:
+                member.error = f"{member.id}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+            except (LauncherError, UsageError) as exc:
+                member.error = f"{member.id}: {exc}"
+        self._wait_ready(members, ready_timeout_s, progress)
+        for member in members:
+            if member.error is not None:
+                tidy(member.dir)
+        return members
+
+    def _prepare(self, member: Member, config: dict[str, Any]) -> list[str]:
+        if member.dir.exists():  # left by an earlier fleet's member of the same id, which has ended
+            shutil.rmtree(member.dir)
+        member.dir.mkdir(parents=True, mode=0o700)
+        if len(os.fsencode(member.api_sock)) > MAX_SOCKET_PATH:
+            raise UsageError(f"API socket {member.api_sock}: longer than a Unix socket path may be; use a shorter "
+                             "--dir")
+        mine = json.loads(json.dumps(config))  # a deep copy
+        for index, drive in enumerate(mine.get("drives") or []):
+            if drive.get("path_on_host") and not drive.get("is_read_only"):
+                copy = member.dir / f"{_DRIVE_PREFIX}{index}{Path(drive['path_on_host']).suffix}"
+                try:
+                    sparse_copy(drive["path_on_host"], copy)
+                except OSError as exc:
+                    raise UsageError(f"drive {drive.get('drive_id')}: cannot copy {drive['path_on_host']} to "
+                                     f"{copy}: {exc.strerror or exc}") from None
+                drive["path_on_host"] = str(copy)
+        argv = ["--api-sock", str(member.api_sock), "--config-file", str(member.dir / CONFIG), "--id", member.id]
+        for key, field, name, flag in (("logger", "log_path", LOG, "--log-path"),
+                                       ("metrics", "metrics_path", METRICS, "--metrics-path")):
+            (member.dir / name).touch(mode=0o600)
+            if isinstance(mine.get(key), dict):
+                mine[key][field] = str(member.dir / name)
+            else:
+                argv += [flag, str(member.dir / name)]
+        if isinstance(mine.get("serial"), dict) and mine["serial"].get("serial_out_path"):
+            mine["serial"]["serial_out_path"] = str(member.dir / CONSOLE)
+        (member.dir / CONFIG).write_text(json.dumps(mine, indent=1))
+        return argv
+
+    def _wait_ready(self, members: list[Member], timeout_s: float, progress: Progress | None) -> None:
+        """Until each launched member's VM has started (its API says so) or its VMM has ended."""
+        from firelet.launcher.probe import instance_state
+
+        deadline = time.monotonic() + timeout_s
+        pending = [m for m in members if m.error is None]
+        while True:
+            if progress is not None:
+                progress(sum(m.ready for m in members), sum(m.error is not None for m in members), len(members))
+            if not pending:
+                return
+            ended = {vm["id"]: vm for vm in self.launcher.list() if vm["state"] != "running"}
+            for member in list(pending):
+                if member.id in ended:
+                    vm = ended[member.id]
+                    why = vm.get("error") or (f"exit code {vm['exit_code']}" if vm["state"] == "exited"
+                                              else f"killed by {vm['exit_signal']}")
+                    member.error = f"{member.id}: {why}"
+                elif instance_state(member.api_sock) not in (None, "Not started"):
+                    member.ready = True
+                else:
+                    continue
+                pending.remove(member)
+            if time.monotonic() > deadline:
+                for member in pending:
+                    member.error = f"{member.id}: not started within {timeout_s:g} s (see {member.dir / STDERR})"
+                pending = []
+            else:
+                time.sleep(0.05)
+
+    # -- list and stop ----------------------------------------------------------------------
+    def list(self) -> Records:
+        return self.launcher.list()
+
+    def stop(self, vm_id: str | None = None, *, grace_s: float = 5.0, timeout_s: float = 60.0) -> Records:
+        """Stop one member (or all): SIGTERM, SIGKILL after ``grace_s``; their records, then their leftovers go."""
+        self.launcher.stop(vm_id, grace_s=grace_s)
+        self.launcher.wait(vm_id, timeout_s=timeout_s)
+        records = self.launcher.reap()
+        for vm in records:
+            tidy(self.dir / vm["id"])
+        return records
+
+    def shutdown(self) -> dict[str, Any]:
+        """Stop every member and the launcher itself."""
+        self.stop()
+        return self.launcher.shutdown()
+
+
+def tidy(member_dir: Path) -> None:
+    """After a member ended: its API socket (left if it was killed) and its private drive copies go."""
+    if not member_dir.is_dir():
+        return
+    for path in [member_dir / API_SOCK, *member_dir.glob(f"{_DRIVE_PREFIX}*")]:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"--config {path}: cannot read it: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"--config {path}: not valid JSON: {exc}") from None
+    if not isinstance(config, dict):
+        raise UsageError(f"--config {path}: expected a JSON object (Firecracker's config file)")
+    if config.get("network-interfaces"):
+        raise UsageError("--config: network-interfaces: each microVM needs its own TAP, which the fleet cannot "
+                         "give yet; launch them one by one")
+    base = Path.cwd()
+    boot = config.get("boot-source")
+    if isinstance(boot, dict):  # absolute, so the launcher's children find them whatever their cwd
+        for key in ("kernel_image_path", "initrd_path"):
+            if isinstance(boot.get(key), str):
+                boot[key] = str(base / boot[key])
+    for drive in config.get("drives") or []:
+        if isinstance(drive, dict) and isinstance(drive.get("path_on_host"), str):
+            drive["path_on_host"] = str(base / drive["path_on_host"])
+    return config
+
+
+def _copy_extent(src: int, dst: int, start: int, end: int) -> None:
+    """Bytes [start, end) to the same offsets: copy_file_range (a reflink where the filesystem can), else read/write."""
+    try:
+        while start < end:
+            copied = os.copy_file_range(src, dst, end - start, start, start)
+            if copied == 0:
+                return
+            start += copied
+        return
+    except OSError as exc:  # across filesystems before Linux 5.19, or one that cannot (9p, FUSE)
+        if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+    while start < end:
+        chunk = os.pread(src, min(_CHUNK, end - start), start)
+        if not chunk:
+            return
+        os.pwrite(dst, chunk, start)
+        start += len(chunk)
+
+
+def sparse_copy(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Copy a disk image, leaving its holes holes (SEEK_DATA/SEEK_HOLE, copy_file_range)."""
+    with open(source, "rb") as src, open(target, "xb") as dst:
+        size = os.fstat(src.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(src.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(src.fileno(), start, os.SEEK_HOLE)
+            _copy_extent(src.fileno(), dst.fileno(), start, end)
+            offset = end
+        dst.truncate(size)
