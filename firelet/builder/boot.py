@@ -356,4 +356,5 @@ def _create_vcpus(vmm: Vmm, kvm: Any, vm_fd: Any, count: int) -> None:
         lapic = fd.get_lapic()
         regs.set_lapic_lint(lapic)
         fd.set_lapic(lapic)
-        vmm.vcpus.append(Vcpu(index, fd, io_bus, mmio_bus, vmm.gate, vmm.finish, vmm.metrics.vcpu))
+        vmm.vcpus.append(Vcpu(index, fd, io_bus, mmio_bus, vmm.gate, vmm.finish, vmm.metrics.vcpu,
+                               memory=vmm.memory))

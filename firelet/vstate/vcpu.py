@@ -100,8 +100,11 @@ class Vcpu:
         gate: VcpuGate,
         on_exit: ExitCallback,
         metrics: Area | None = None,
+        memory: GuestRam | None = None,
     ) -> None:
         self.index = index
+        #: Guest RAM, to judge the state a triple fault leaves (see :meth:`describe_state`).
+        self.memory = memory
         self.fd = fd
         self.io_bus = io_bus
         self.mmio_bus = mmio_bus
@@ -216,7 +219,9 @@ class Vcpu:
             # a halted guest with no way to wake up (e.g. a kernel with no APIC).
             return VmExit(ExitKind.POWER_OFF, f"vCPU {self.index} halted")
         if reason == S.KVM_EXIT_SHUTDOWN:
-            return VmExit(ExitKind.TRIPLE_FAULT, f"vCPU {self.index}")
+            # Where it faulted, as QEMU reports it; the nested rig's KVM can fault a guest by
+            # handing it the host's state, which describe_state marks (docs/testing.md).
+            return VmExit(ExitKind.TRIPLE_FAULT, f"vCPU {self.index}: {self.describe_state(self.memory)}")
         if reason == S.KVM_EXIT_SYSTEM_EVENT:
             kind = run.system_event.type
             if kind == S.KVM_SYSTEM_EVENT_RESET:

@@ -162,6 +162,18 @@ def exit_if_the_rig_corrupted_a_vcpu(report: str) -> None:
         pytest.exit(f"the rig corrupted a guest vCPU, not a firelet failure:\n{report}", returncode=125)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A test that failed on a vCPU state marked impossible (a triple fault's report, say) ends
+    the session with 125 too: the rig's KVM handed the guest the host's state."""
+    outcome = yield
+    from firelet.vstate.vcpu import IMPOSSIBLE_STATE
+
+    report = outcome.get_result()
+    if report.failed and IMPOSSIBLE_STATE in report.longreprtext:
+        pytest.exit(f"the rig corrupted a guest vCPU in {item.nodeid}, not a firelet failure", returncode=125)
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 
