@@ -19,14 +19,11 @@ nested rig (as ``bench/boot.py`` does); the figures are then those of a software
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -34,15 +31,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from boot import machine_description
-
 from firelet.errors import FireletError
 
+import rigrun
 from launchers import LAUNCHERS, BootInputs, Launcher
 
-_HOST_ENV = "FIRELET_BENCH_HOST"
-_RIG_ENV = "FIRELET_BENCH_RIG"
-_BASE_CMDLINE = "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw"
 _PROBE_SOURCE = Path(__file__).resolve().parent / "diskprobe.c"
 _RESULT = re.compile(r"DISKPROBE seq_write_MBps=([\d.]+) seq_read_MBps=([\d.]+) rand_read_4k_iops=([\d.]+)")
 METRICS = ("seq_write_MBps", "seq_read_MBps", "rand_read_4k_iops")
@@ -50,14 +43,10 @@ METRICS = ("seq_write_MBps", "seq_read_MBps", "rand_read_4k_iops")
 
 def _parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench/disk.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--runs", type=int, default=1, help="boots per VMM (default 1)")
+    rigrun.add_options(p, runs=1, boot_timeout=600.0)
     p.add_argument("--mib", type=int, default=64, help="MiB written and read sequentially (default 64)")
     p.add_argument("--seconds", type=float, default=5.0, help="random-read duration (default 5)")
-    p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the results as JSON")
-    p.add_argument("--boot-timeout", type=float, default=600.0, metavar="S", help="per boot (default 600)")
     p.add_argument("--probe", type=Path, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--vmlinux", type=Path, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--rootfs", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.runs < 1 or args.mib < 1 or args.seconds <= 0:
         p.error("--runs and --mib must be at least 1, --seconds positive")
@@ -104,40 +93,23 @@ def run_once(launcher: Launcher, boot: BootInputs, timeout: float) -> dict[str, 
 
 
 def measure(args: argparse.Namespace, vmlinux: Path, rootfs_template: Path, probe: Path) -> dict[str, object]:
-    from firelet.devtools.images import copy_rootfs, guest_cmdline_for
+    from firelet.devtools.images import guest_cmdline_for
 
     data_bytes = (args.mib + 8) << 20
     # The data drive is the one of this size (QEMU and firelet may number the drives differently).
     command = (f"for d in /sys/block/vd*; do [ $(cat $d/size) = {data_bytes >> 9} ] && dev=/dev/${{d##*/}}; done; "
                f"/bin/diskprobe $dev {args.mib} {args.seconds}")
-    cmdline = f"{_BASE_CMDLINE} {guest_cmdline_for(command)}"
-    results: dict[str, object] = {}
-    for launcher in LAUNCHERS:
-        why_not = launcher.available()
-        if why_not:
-            results[launcher.name] = {"unavailable": why_not}
-            continue
-        runs = []
-        for i in range(args.runs):
-            with tempfile.TemporaryDirectory(prefix="firelet-bench-disk-") as tmp:
-                rootfs = copy_rootfs(Path(tmp) / "root.ext4", source=rootfs_template)
-                _add_probe(rootfs, probe)
-                data = Path(tmp) / "data.img"
-                with data.open("wb") as f:
-                    f.truncate(data_bytes)
-                boot = BootInputs(vmlinux=vmlinux, rootfs=rootfs, cmdline=cmdline, mem_mib=256, drives=(data,))
-                one = run_once(launcher, boot, args.boot_timeout)
-            print(f"# {launcher.name} run {i + 1}/{args.runs}: {one}", file=sys.stderr, flush=True)
-            runs.append(one)
-        good = [r for r in runs if "error" not in r]
-        results[launcher.name] = {"runs": runs, **{m: _stats([float(r[m]) for r in good]) for m in METRICS}}
-    return results
+    cmdline = f"{rigrun.BASE_CMDLINE} {guest_cmdline_for(command)}"
 
+    def one_run(launcher: Launcher, tmp: Path, rootfs: Path) -> dict[str, Any]:
+        _add_probe(rootfs, probe)
+        data = tmp / "data.img"
+        with data.open("wb") as f:
+            f.truncate(data_bytes)
+        boot = BootInputs(vmlinux=vmlinux, rootfs=rootfs, cmdline=cmdline, mem_mib=256, drives=(data,))
+        return run_once(launcher, boot, args.boot_timeout)
 
-def _stats(values: list[float]) -> dict[str, float] | None:
-    if not values:
-        return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return rigrun.measure_each(args.runs, rootfs_template, one_run, METRICS)
 
 
 def _cell(s: dict[str, float] | None, ref: dict[str, float] | None) -> str:
@@ -149,81 +121,31 @@ def _cell(s: dict[str, float] | None, ref: dict[str, float] | None) -> str:
     return text
 
 
-def render(report: dict[str, object]) -> str:
-    results: dict[str, dict] = report["results"]  # type: ignore[assignment]
-    ref = results.get(LAUNCHERS[0].name, {})
-    lines = [
-        f"Machine: {report['machine']}",
-        f"Rig: {report['rig']}",
-        f"Guest: {report['guest']}; {report['runs']} boot(s) per VMM; medians [min-max] (ratio vs QEMU)",
-        "",
-        "| VMM | seq write MB/s | seq read MB/s | 4 KiB random read IOPS |",
-        "|---|---|---|---|",
-    ]
-    for name, r in results.items():
-        if "unavailable" in r:
-            lines.append(f"| {name} | unavailable: {r['unavailable']} | | |")
-            continue
-        lines.append(f"| {name} | " + " | ".join(_cell(r[m], ref.get(m)) for m in METRICS) + " |")
-        for run in r["runs"]:
-            if "error" in run:
-                lines.append(f"|  ↳ failed: {run['error']} | {' / '.join(run['console_tail'])[-200:]} | | |")
-    return "\n".join(lines)
-
-
-def _run_in_rig(args: argparse.Namespace, argv: list[str]) -> int:
-    """Build the images and the probe here (the rig sees the cache read-only), then re-run inside."""
-    from firelet.devtools.images import build_kernel, build_rootfs
-    from firelet.devtools.nested import run_in_rig
-
-    kernel, rootfs, probe = build_kernel(), build_rootfs(), build_probe()
-    os.environ[_HOST_ENV] = machine_description()
-    os.environ[_RIG_ENV] = "nested: outer QEMU TCG (-cpu EPYC,+svm,+npt), smp 2, 4096 MiB, kvm-amd inside"
-    shares = []
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        shares.append(args.json.resolve().parent)
-        argv = [*argv, "--json", str(args.json.resolve())]
-    inner = [sys.executable, str(Path(__file__).resolve()), *argv,
-             "--vmlinux", str(kernel.vmlinux), "--rootfs", str(rootfs), "--probe", str(probe)]
-    timeout = 600 + args.runs * len(LAUNCHERS) * args.boot_timeout
-    return run_in_rig(inner, timeout=timeout, shares=shares, cwd=Path(__file__).resolve().parent.parent)
+def render(report: dict[str, Any]) -> str:
+    return rigrun.render(report, f"{report['runs']} boot(s) per VMM; medians [min-max] (ratio vs QEMU)",
+                         ["seq write MB/s", "seq read MB/s", "4 KiB random read IOPS"],
+                         lambda r, ref: [_cell(r[m], ref.get(m)) for m in METRICS])
 
 
 def main(argv: list[str]) -> int:
     args = _parse_args(argv)
-    from firelet.devtools.nested.detect import local_kvm_runs_stock_guests
-
-    ok, why = local_kvm_runs_stock_guests()
-    if not ok:
-        print(f"bench: {why}; running inside the nested rig", file=sys.stderr, flush=True)
-        return _run_in_rig(args, [a for a in argv if a != "--json" and a != str(args.json)])
-    if args.vmlinux is not None and args.rootfs is not None:
-        vmlinux, rootfs = args.vmlinux, args.rootfs
-    else:
-        from firelet.devtools.images import build_kernel, build_rootfs
-
-        vmlinux, rootfs = build_kernel().vmlinux, build_rootfs()
+    here, why = rigrun.kvm_here()
+    if not here:
+        return rigrun.rerun_in_rig(__file__, argv, args, why, boots=args.runs * len(LAUNCHERS),
+                                   extra=("--probe", str(build_probe())))
+    vmlinux, rootfs = rigrun.guest_images(args)
     probe = args.probe if args.probe is not None else build_probe()
     report = {
-        "machine": os.environ.get(_HOST_ENV) or machine_description(),
-        "rig": os.environ.get(_RIG_ENV) if os.environ.get("FIRELET_IN_RIG") == "1" else f"none ({why})",
+        **rigrun.where(why),
         "guest": (f"{vmlinux.name} + ext4 root, 256 MiB, 1 vCPU, a raw data drive; {args.mib} MiB sequential "
                   f"(1 MiB O_DIRECT), {args.seconds:g} s of 4 KiB O_DIRECT random reads"),
         "runs": args.runs,
         "results": measure(args, vmlinux, rootfs, probe),
     }
     print(render(report))
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    rigrun.write_json(args.json, report)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except FireletError as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    rigrun.run(main)

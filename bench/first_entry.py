@@ -32,11 +32,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import rigrun
 from launchers import LAUNCHERS, BootInputs
 
 TRACING = Path("/sys/kernel/tracing")
 _ENTRY = re.compile(r"\s(\d+\.\d+): kvm_entry")
-_CMDLINE = "console=ttyS0 reboot=k panic=-1 root=/dev/vda rw quiet"
+_CMDLINE = f"{rigrun.BASE_CMDLINE} quiet"  # bench/boot.py --quiet's
 
 
 def _tracing() -> Path:

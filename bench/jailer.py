@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,25 +22,18 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-_GET = b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+sys.path.insert(0, str(REPO))
+
+from firelet.launcher.probe import instance_state  # noqa: E402  (after the path: run from a checkout)
+
 UID = GID = 4242
-
-
-def _answered(sock_path: Path) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(sock_path))
-            s.sendall(_GET)
-            return s.recv(64).startswith(b"HTTP/1.1 200")
-    except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError):
-        return False
 
 
 def _time_to_answer(argv: list[str], sock_path: Path, env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL)
     try:
-        while not _answered(sock_path):
+        while instance_state(sock_path) is None:  # GET / answered
             if proc.poll() is not None:
                 raise RuntimeError(f"{argv[0]} ended ({proc.returncode}) before its API answered")
             time.sleep(0.0005)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,18 +27,12 @@ sys.path.insert(0, str(REPO))
 
 from firelet.launcher import procinfo  # noqa: E402  (after the path: run from a checkout)
 from firelet.launcher.client import Launcher  # noqa: E402
-
-_GET = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+from firelet.launcher.probe import instance_state  # noqa: E402
 
 
 def _answers(path: Path) -> bool:
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(str(path))
-            s.sendall(_GET)
-            return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+    """The VMM's API answers ``GET /``."""
+    return instance_state(path) is not None
 
 
 def _cpu_ms(pid: int) -> float:
