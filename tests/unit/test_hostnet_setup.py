@@ -9,7 +9,6 @@ host, so the host's own nftables and ip_forward are never touched.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import shutil
@@ -37,15 +36,10 @@ from firelet.hostnet.addressing import free_subnet, peer_address
 from firelet.hostnet.checks import require_tun
 from firelet.hostnet.netns import create_netns, list_netns, netns_exists, netns_path, remove_netns, rtnl
 
+from hostnet_utils import require_root_and_tun, setups_removed_after, unique
+
 REPO = Path(__file__).resolve().parents[2]
-_counter = itertools.count()
-
-if os.geteuid() != 0 or not Path("/dev/net/tun").exists():  # pragma: no cover - the CI machine is root
-    pytest.fail("these tests make network namespaces and TAPs: run them as root with /dev/net/tun", pytrace=False)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}{os.getpid() % 10000}{next(_counter)}"
+require_root_and_tun()
 
 
 _handed_out: list[IPv4Network] = []
@@ -77,10 +71,7 @@ def firelet(*args: str, netns: str | None = None, prefix: tuple[str, ...] = ()) 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
     """A record directory whose setups are all removed at the end, whatever the test did."""
-    state = tmp_path / "state"
-    yield state
-    for setup in list_setups(state):
-        down(setup.name, state)
+    yield from setups_removed_after(tmp_path / "state")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ All traffic stays between the test's own fd and namespaces the test made (docume
 
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import struct
@@ -18,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from firelet.hostnet import NetSetup, NetSpec, down, list_setups, up
+from firelet.hostnet import NetSetup, NetSpec, list_setups, up
 from firelet.hostnet.netns import create_netns, netns_exists, netns_path, remove_netns, rtnl, run_in_netns
 
+from hostnet_utils import require_root_and_tun, setups_removed_after, unique
 from net_frames import (
     BROADCAST,
     ETH_P_ARP,
@@ -42,14 +42,7 @@ from net_frames import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-_counter = itertools.count()
-
-if os.geteuid() != 0 or not Path("/dev/net/tun").exists():  # pragma: no cover - the CI machine is root
-    pytest.fail("these tests make network namespaces and TAPs: run them as root with /dev/net/tun", pytrace=False)
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}{os.getpid() % 10000}{next(_counter)}"
+require_root_and_tun()
 
 
 def tap_mac(name: str, netns: str) -> bytes:
@@ -93,10 +86,7 @@ class Guest:
 
 @pytest.fixture
 def state_dir(tmp_path: Path) -> Iterator[Path]:
-    state = tmp_path / "state"
-    yield state
-    for setup in list_setups(state):
-        down(setup.name, state)
+    yield from setups_removed_after(tmp_path / "state")
 
 
 def test_the_tap_opens_with_a_vnet_header_and_the_namespace_answers_arp_and_ping(state_dir: Path) -> None:

@@ -8,7 +8,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,14 +17,14 @@ from firelet.cli.fleet import format_table
 from firelet.errors import UsageError
 from firelet.launcher.fleet import Fleet, Member, _read_config, sparse_copy
 
+from launcher_utils import ended, short_workdir
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="fl-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from short_workdir()
 
 
 def _config(workdir: Path, **extra: object) -> Path:
@@ -124,23 +123,9 @@ def test_fleet_up_reports_each_failure_by_id_and_stop_all_leaves_nothing(workdir
     stop = _fleet("--dir", str(fleet_dir), "stop", "--all", cwd=workdir)
     assert stop.returncode == 0, stop.stderr
     assert not (fleet_dir / "launcher.sock").exists()
-    assert _ends(pid)
+    assert ended(pid)
     again = _fleet("--dir", str(fleet_dir), "list", cwd=workdir)
     assert again.returncode == 1 and again.stderr.startswith(f"firelet: error: no launcher answers on {fleet_dir}")
-
-
-def _ends(pid: int, timeout: float = 30.0) -> bool:
-    """The process is gone, or a zombie its new parent has yet to reap."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/stat") as stat:
-                if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_the_table_says_state_uptime_cpu_and_memory() -> None:

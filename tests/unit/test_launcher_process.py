@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +18,14 @@ from firelet.launcher.client import Launcher
 from firelet.launcher.server import LauncherError
 
 from api_fake_backend import call
+from launcher_utils import ended, short_workdir
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    """A short directory: Unix socket paths hold at most 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="fl-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    yield from short_workdir()
 
 
 @pytest.fixture
@@ -233,9 +229,4 @@ def test_a_shutdown_asked_to_leave_the_vmms_running_says_so(launcher: Launcher, 
         assert _wait_api(workdir / "stay.sock")["id"] == "stay"
     finally:
         os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:  # reparented: init reaps it
-        with open(f"/proc/{pid}/stat") as stat:
-            if stat.read().rsplit(")", 1)[1].split()[0] == "Z":
-                break
-        time.sleep(0.01)
+    assert ended(pid)  # reparented: init reaps it
