@@ -55,6 +55,19 @@ def _through_dict(record: Any) -> Any:
 
 
 # -- the virtqueue -------------------------------------------------------------------------------
+def _restored_queue(mem: GuestMemory, drv: DriverQueue,
+                    state: QueueState) -> tuple[GuestMemory, DriverQueue, Queue]:
+    """The snapshot brought back: a copy of guest RAM, the driver's view of the ring on it, and
+    a fresh queue of 8 restored from ``state``."""
+    mem2 = copy_memory(mem)
+    drv2 = copy.copy(drv)
+    drv2.mem = mem2
+    restored = Queue(8)
+    restored.restore_state(_through_dict(state))
+    assert restored.save_state() == state
+    return mem2, drv2, restored
+
+
 def test_a_queue_restored_mid_ring_serves_exactly_the_requests_still_in_flight() -> None:
     mem = new_memory()
     drv = DriverQueue(mem, size=8)
@@ -69,12 +82,7 @@ def test_a_queue_restored_mid_ring_serves_exactly_the_requests_still_in_flight()
     state = queue.save_state()
     assert (state.next_avail, state.next_used) == (0xFFFF, 0xFFFF) and queue.pending(mem) == 4
 
-    mem2 = copy_memory(mem)
-    drv2 = copy.copy(drv)
-    drv2.mem = mem2
-    restored = Queue(8)
-    restored.restore_state(_through_dict(state))
-    assert restored.save_state() == state
+    mem2, drv2, restored = _restored_queue(mem, drv, state)
     served = []
     while (chain := restored.pop(mem2)) is not None:
         served.append(chain.head_index)
@@ -130,12 +138,7 @@ def test_a_restored_queue_goes_on_exactly_as_the_original(before: list[str], aft
     state = queue.save_state()
     pending = queue.pending(mem)
     event(f"chains available at the snapshot: {'2+' if pending >= 2 else pending}, popped not used: {bool(popped)}")
-    mem2 = copy_memory(mem)
-    drv2 = copy.copy(drv)
-    drv2.mem = mem2
-    restored = Queue(8)
-    restored.restore_state(_through_dict(state))
-    assert restored.save_state() == state
+    mem2, drv2, restored = _restored_queue(mem, drv, state)
     popped2 = list(popped)
     for op in after:
         assert _step(op, mem, drv, queue, popped) == _step(op, mem2, drv2, restored, popped2)

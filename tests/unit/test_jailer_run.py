@@ -15,6 +15,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,17 @@ def _jailer(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
+@contextmanager
+def _killed_if_running(proc: subprocess.Popen[str]) -> Iterator[None]:
+    """Whatever the checks inside do, the jailer does not outlive the test (nor, so, its jail)."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not path.exists():
@@ -145,7 +158,7 @@ def test_the_jailed_probe_is_confined_limited_and_leaves_nothing(tmp_path: Path,
     finally:
         os.close(leaked)
     root = base / "probe" / vm_id / "root"
-    try:
+    with _killed_if_running(proc):
         _wait_for(root / "report.json", proc)
         report = json.loads((root / "report.json").read_text())
         pid = int((root / "probe.pid").read_text())
@@ -156,10 +169,6 @@ def test_the_jailed_probe_is_confined_limited_and_leaves_nothing(tmp_path: Path,
                     for ns in ("mnt", "pid", "net")}
         (root / "release").touch()
         out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     # the jailer's argv to the VMM, as Firecracker's; the environment is only what Python needs
     assert report["argv"][0] == f"--id={vm_id}" and report["argv"][1].startswith("--start-time-us=")
     assert report["argv"][3:] == ["--api-sock", "/run/api.sock", "7"]
@@ -206,7 +215,7 @@ def test_netns_and_daemonize(tmp_path: Path, base: Path) -> None:
         proc = _jailer("--id", "netns-1", "--exec-file", str(probe), "--uid", str(UID), "--gid", str(GID),
                        "--chroot-base-dir", str(base), "--netns", netns, "--daemonize", "--cgroup-version", "2")
         root = base / "probe" / "netns-1" / "root"
-        try:
+        with _killed_if_running(proc):
             _wait_for(root / "report.json", proc)
             report = json.loads((root / "report.json").read_text())
             pid = int((root / "probe.pid").read_text())
@@ -215,10 +224,6 @@ def test_netns_and_daemonize(tmp_path: Path, base: Path) -> None:
             stdio = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)]
             (root / "release").touch()
             out, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         assert in_netns and session
         assert stdio == ["/dev/null"] * 3
         assert report["pid"] == pid  # no --new-pid-ns: the host's PID namespace
@@ -294,15 +299,11 @@ def test_firelet_vmm_answers_its_api_from_inside_the_jail_and_stops_on_sigterm(b
                    "--chroot-base-dir", str(base), "--new-pid-ns", "--parent-cgroup", parent,
                    "--cgroup", "pids.max=32", "--", "--api-sock", "/run/api.sock")
     sock = base / "firelet-vmm" / "api-1" / "root" / "run" / "api.sock"
-    try:
+    with _killed_if_running(proc):
         _wait_for(sock, proc)
         answer = _api_get(sock)
         proc.terminate()  # to the jailer: passed on to the VMM, which ends cleanly
         _out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert '"id":"api-1"' in answer and '"state":"Not started"' in answer
     assert proc.returncode == 0, err
     assert list(base.iterdir()) == []
