@@ -215,6 +215,8 @@ def build_vmm(
         if waits is not None:
             waits.join()  # its calls use the fds the closers close
         for closer in reversed(closers):
+            if event_loop is not None and closer == event_loop.close:
+                continue  # the caller's loop (the controller's, running this very build) stays open
             try:
                 closer()
             except Exception:
