@@ -106,7 +106,7 @@ def test_the_tap_is_held_while_the_vm_lives_and_released_with_it(controller: Vmm
     assert not _tap_busy(netns, "tap0")
     _attach(controller, netns, [{"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": "06:00:c0:00:02:02"}])
     net = controller.vmm.devices.get(Net, "eth0")
-    assert net is not None
+    assert net is not None and net.config_space()[:6] == bytes.fromhex("0600c0000202")  # the guest's MAC
     assert _tap_busy(netns, "tap0")  # the device has it, as Firecracker's does
     controller.vmm.close()
     assert not _tap_busy(netns, "tap0")
@@ -116,7 +116,8 @@ def test_a_missing_tap_fails_the_build_in_one_line_naming_the_interface(controll
                                                                         netns: str) -> None:
     with pytest.raises(UsageError) as info:
         _attach(controller, netns, [{"iface_id": "eth1", "host_dev_name": "tap9"}])
-    assert str(info.value).startswith("network interface eth1: TAP tap9: No such device (os error 19)")
+    assert str(info.value).startswith("network interface eth1: TAP device 'tap9' does not exist in this network "
+                                      "namespace")
     assert "\n" not in str(info.value)
     assert not links.link_exists("tap9", netns)  # opening it by name did not make one
 
@@ -140,5 +141,7 @@ def test_patch_reaches_the_device_on_the_event_loop(controller: VmmController, n
     limiter = RateLimiter(bandwidth=TokenBucket(size=1000, refill_time=100))
     controller.submit(lambda: controller.update_net_rate_limiters("eth0", limiter, None)).result(10)
     assert controller.loop.thread is not None and seen == [controller.loop.thread.name]
+    assert net.rx_limiter.bandwidth is not None and net.rx_limiter.bandwidth.size == 1000
+    assert net.tx_limiter.unlimited
     with pytest.raises(BackendError, match="no network interface has iface_id 'eth9'"):
         controller.submit(lambda: controller.update_net_rate_limiters("eth9", limiter, None)).result(10)

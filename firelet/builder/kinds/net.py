@@ -25,27 +25,15 @@ class TapUnavailable(UsageError):
 def open_tap(host_dev_name: str) -> Tap:
     """Open the existing TAP ``host_dev_name`` for a virtio-net device, or raise :class:`TapUnavailable`.
 
-    Opening a TAP by a name that no interface has would make a new, unconnected one
-    (TUNSETIFF creates it): a guest would boot with a network that goes nowhere. So the
-    name must already be an interface of this namespace.
+    :meth:`Tap.open` refuses a name no interface has (TUNSETIFF would make a new,
+    unconnected TAP), one in use, and one that is not a TAP, each naming the device.
     """
-    import errno
-    import os
-    import socket
-
     from firelet.devices.virtio.net import NetError, Tap
 
     try:
-        socket.if_nametoindex(host_dev_name)
-    except OSError:
-        raise TapUnavailable(f"TAP {host_dev_name}: {os.strerror(errno.ENODEV)} (os error {errno.ENODEV}): "
-                             "no such interface in the VMM's network namespace; create it first "
-                             "(`firelet net up`, or `ip tuntap add`)") from None
-    try:
         return Tap.open(host_dev_name)
     except NetError as exc:
-        message = str(exc)
-        raise TapUnavailable(message if host_dev_name in message else f"TAP {host_dev_name}: {message}") from None
+        raise TapUnavailable(str(exc)) from None
 
 
 def _plan(inputs: BuildInputs) -> list[tuple[str, NetworkInterface]]:
