@@ -31,7 +31,6 @@ from firelet.devices.rate_limiter import LimiterConfig, RateLimiter
 from firelet.devices.virtio.device import TYPE_NET, InterruptSignal, VirtioDeviceBase
 from firelet.devices.virtio.net.frames import (
     MAX_BUFFER_LEN,
-    NUM_BUFFERS_OFFSET,
     VIRTIO_NET_F_CSUM,
     VIRTIO_NET_F_GUEST_CSUM,
     VIRTIO_NET_F_GUEST_TSO4,
@@ -43,11 +42,10 @@ from firelet.devices.virtio.net.frames import (
     VIRTIO_NET_F_MAC,
     VIRTIO_NET_F_MRG_RXBUF,
     VNET_HDR_LEN,
-    rx_buffers,
-    scatter,
     tx_frame,
 )
 from firelet.devices.virtio.net.metrics import NetMetrics
+from firelet.devices.virtio.net.rx import deliver
 from firelet.devices.virtio.net.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, Tap
 from firelet.devices.virtio.queue import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, Queue
 from firelet.log import get_logger
@@ -350,12 +348,18 @@ class Net(VirtioDeviceBase):
                     self._arm(RX_QUEUE, self.rx_limiter)
                     break
                 self._rx_admitted = True
-            chains = self._deliver(mem, queue)
-            if chains is None:
+            delivery = deliver(mem, queue, self._rx_view[: self._rx_len], self.has_feature(VIRTIO_NET_F_MRG_RXBUF))
+            if delivery is None:
                 self.metrics.no_rx_avail_buffer += 1
                 self._stop_rx(_Wait.BUFFERS)
                 break
-            used += chains
+            if delivery.dropped is None:
+                self.metrics.rx_packets_count += 1
+                self.metrics.rx_bytes_count += self._rx_len - VNET_HDR_LEN
+            else:
+                self.metrics.rx_fails += 1
+                log.debug("virtio-net %s: receive frame dropped: %s", self.iface_id, delivery.dropped)
+            used += delivery.chains
             self._rx_len, self._rx_admitted = 0, False
         if used and queue.needs_notification(mem):
             interrupt.signal_used_queue()
@@ -382,58 +386,6 @@ class Net(VirtioDeviceBase):
                 continue
             self._rx_len = n
             return True
-
-    def _deliver(self, mem: GuestMemory, queue: Queue) -> int | None:
-        """Put the pending frame in the driver's buffers; the chains used, or None for "no buffers yet".
-
-        Without VIRTIO_NET_F_MRG_RXBUF the frame takes one chain, with it as many
-        as it needs (§5.1.6.3.1), counted in the header's num_buffers. A frame that
-        cannot fit (one chain too small, or the whole ring too small) is dropped
-        and its chains returned empty.
-        """
-        total = self._rx_len
-        mergeable = self.has_feature(VIRTIO_NET_F_MRG_RXBUF)
-        start = queue.next_avail
-        chains: list[tuple[int, list[memoryview]]] = []
-        heads: list[int] = []  # every returnable head popped, for a failure
-        room = 0
-        failure: str | None = None
-        while room < total:
-            chain = queue.pop(mem)
-            if chain is None:
-                if len(heads) >= queue.size:
-                    failure = f"a {total}-byte frame does not fit the whole ring"
-                    break
-                queue.next_avail = start  # give the chains back; the frame stays pending
-                return None
-            if chain.head_valid:
-                heads.append(chain.head_index)
-            found = rx_buffers(mem, chain)
-            if isinstance(found, str):
-                failure = found
-                break
-            chains.append((chain.head_index, found[0]))
-            room += found[1]
-            if not mergeable:
-                if room < total:
-                    failure = f"a {total}-byte frame in a {room}-byte receive chain"
-                break
-        if failure is not None:
-            self.metrics.rx_fails += 1
-            log.debug("virtio-net %s: receive frame dropped: %s", self.iface_id, failure)
-            for head in heads:
-                queue.add_used(mem, head, 0)
-            return len(heads)
-        self._rx_buf[NUM_BUFFERS_OFFSET : NUM_BUFFERS_OFFSET + 2] = len(chains).to_bytes(2, "little")
-        data = self._rx_view[:total]
-        offset = 0
-        for head, views in chains:
-            written = scatter(data[offset:], views)
-            queue.add_used(mem, head, written)
-            offset += written
-        self.metrics.rx_packets_count += 1
-        self.metrics.rx_bytes_count += total - VNET_HDR_LEN
-        return len(chains)
 
     # -- transmit ----------------------------------------------------------------------------
     def _transmit(self, notified: bool = False) -> None:

@@ -102,36 +102,3 @@ def _head(views: list[memoryview], length: int) -> bytes:
         if len(out) == length:
             break
     return bytes(out)
-
-
-def rx_buffers(mem: GuestMemory, chain: DescriptorChain) -> tuple[list[memoryview], int] | str:
-    """The writable views of a receive chain and their total, or why it is refused.
-
-    A receive chain is device-writable only (§5.1.6.3) and has room for something.
-    """
-    if chain.error is not None:
-        return chain.error.value
-    views: list[memoryview] = []
-    total = 0
-    for desc in chain.descriptors:
-        if not desc.write:
-            return "a device-readable buffer in a receive chain"
-        if desc.len:
-            views.append(mem.view(desc.addr, desc.len))
-            total += desc.len
-    if total == 0:
-        return "a receive chain with no room"
-    return views, total
-
-
-def scatter(data: memoryview, views: list[memoryview]) -> int:
-    """Copy ``data`` into ``views`` in order as far as they reach; returns bytes copied."""
-    copied = 0
-    size = len(data)
-    for view in views:
-        n = min(len(view), size - copied)
-        view[:n] = data[copied : copied + n]
-        copied += n
-        if copied == size:
-            break
-    return copied
