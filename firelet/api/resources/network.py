@@ -15,6 +15,7 @@ from firelet.api.routing import Fault, RouteTable, no_content, replace_by, same_
 from firelet.api.server import Request, Response
 from firelet.config import model as cfg
 from firelet.config import requests as bodies
+from firelet.controller.interface import tap_problem
 
 routes = RouteTable()
 #: Firecracker's prefix for every refusal of this endpoint (its ``VmmActionError::NetworkConfig``).
@@ -35,14 +36,11 @@ def put_network_interface(api: ApiContext, req: Request, iface_id: str) -> Respo
     if holder is not None:
         raise Fault(f"{NETWORK_ERROR}: Could not create the network device: the TAP {iface.host_dev_name} "
                     f"is already used by network interface {holder}.")
-    from firelet.builder.kinds.net import TapUnavailable, open_tap
-
-    try:
-        open_tap(iface.host_dev_name).close()
-    except TapUnavailable as exc:
-        raise Fault(f"{NETWORK_ERROR}: Could not create the network device: {exc}.") from None
+    problem = tap_problem(iface.host_dev_name)
+    if problem:
+        raise Fault(f"{NETWORK_ERROR}: Could not create the network device: {problem}.")
     iface = msgspec.structs.replace(iface, rx_rate_limiter=patched_limiter(None, iface.rx_rate_limiter),
-                                        tx_rate_limiter=patched_limiter(None, iface.tx_rate_limiter))
+                                    tx_rate_limiter=patched_limiter(None, iface.tx_rate_limiter))
     api.update(network_interfaces=replace_by(api.config.network_interfaces, iface, "iface_id"))
     return no_content()
 
@@ -59,7 +57,7 @@ def patch_network_interface(api: ApiContext, req: Request, iface_id: str) -> Res
     rx, tx = patch.rx_rate_limiter, patch.tx_rate_limiter
     api.call(lambda: backend.update_net_rate_limiters(iface_id, rx, tx))
     new = msgspec.structs.replace(current, rx_rate_limiter=patched_limiter(current.rx_rate_limiter, rx),
-                                      tx_rate_limiter=patched_limiter(current.tx_rate_limiter, tx))
+                                  tx_rate_limiter=patched_limiter(current.tx_rate_limiter, tx))
     api.update(network_interfaces=replace_by(api.config.network_interfaces, new, "iface_id"))
     return no_content()
 

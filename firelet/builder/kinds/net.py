@@ -15,25 +15,7 @@ from firelet.config.model import NetworkInterface
 from firelet.errors import UsageError
 
 if TYPE_CHECKING:  # pragma: no cover - the device package is imported only when a VM has a NIC
-    from firelet.devices.virtio.net import Net, Tap
-
-
-class TapUnavailable(UsageError):
-    """The named TAP cannot be opened as the VMM opens it; the message names the device."""
-
-
-def open_tap(host_dev_name: str) -> Tap:
-    """Open the existing TAP ``host_dev_name`` for a virtio-net device, or raise :class:`TapUnavailable`.
-
-    :meth:`Tap.open` refuses a name no interface has (TUNSETIFF would make a new,
-    unconnected TAP), one in use, and one that is not a TAP, each naming the device.
-    """
-    from firelet.devices.virtio.net import NetError, Tap
-
-    try:
-        return Tap.open(host_dev_name)
-    except NetError as exc:
-        raise TapUnavailable(str(exc)) from None
+    from firelet.devices.virtio.net import Net
 
 
 def _plan(inputs: BuildInputs) -> list[tuple[str, NetworkInterface]]:
@@ -42,11 +24,11 @@ def _plan(inputs: BuildInputs) -> list[tuple[str, NetworkInterface]]:
 
 def _make(iface: NetworkInterface, wiring: Wiring) -> Net:
     from firelet.devices.rate_limiter import RateLimiter
-    from firelet.devices.virtio.net import Net
+    from firelet.devices.virtio.net import Net, NetError, Tap
 
-    try:
-        tap = open_tap(iface.host_dev_name)
-    except TapUnavailable as exc:
+    try:  # refused when missing, in use or not a TAP (TUNSETIFF would make a new, unconnected one)
+        tap = Tap.open(iface.host_dev_name)
+    except NetError as exc:
         raise UsageError(f"network interface {iface.iface_id}: {exc}") from None
     try:
         device = Net(iface.iface_id, tap, wiring.loop, guest_mac=iface.mac_bytes,
