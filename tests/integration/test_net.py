@@ -116,7 +116,7 @@ def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def test_firelet_run_with_two_interfaces_moves_100_mb_each_way(kernel, rootfs: Path,
+def test_firelet_run_with_two_interfaces_moves_checksummed_tcp_each_way(kernel, rootfs: Path,
                                                                guest_netns: Callable[..., GuestNetns]) -> None:
     """(a) and (b): ``firelet run --net`` twice; the big exchange on eth0, a small one on eth1."""
     net = guest_netns(taps=2)
@@ -206,7 +206,7 @@ def test_through_the_api_a_flood_the_guest_never_reads_leaves_the_api_and_disk_s
             api_ok(sock, "PUT", "/serial", {"serial_out_path": str(serial)})
             api_ok(sock, "PUT", "/metrics", {"metrics_path": str(metrics)})
             api_ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
-            _wait_console(serial, r"^eth0-down ")
+            _wait_console(serial, r"^eth0-down [0-9a-f]{32}$")
             check_exchange(serial.read_text(errors="replace"), "eth0", _peer_lines(server), SMALL_BLOCKS)
         _wait_console(serial, r"^rx-stopped$")
         dropped_before = _tap_tx_dropped(net, tap.name)
@@ -266,9 +266,12 @@ def test_a_config_file_brings_the_interface_up(kernel, rootfs: Path, guest_netns
         "serial": {"serial_out_path": str(serial)},
     }))
     with peer(net, tap, SMALL_BLOCKS) as server:
-        result = _run(net.argv([sys.executable, "-m", "firelet.cli.vmm", "--no-api", "--config-file", str(config)]),
-                      BOOT_TIMEOUT_S)
-        reports = _peer_lines(server)
-    console = serial.read_text(errors="replace") if serial.exists() else ""
+        try:
+            result = _run(net.argv([sys.executable, "-m", "firelet.cli.vmm", "--no-api", "--config-file",
+                                    str(config)]), 2 * BOOT_TIMEOUT_S)
+        finally:
+            reports = _peer_lines(server)
+            console = serial.read_text(errors="replace") if serial.exists() else ""
+            print(f"\nconfig file run, the serial console's tail:\n{console[-1500:]}\npeer: {reports}", flush=True)
     assert result.returncode == 0, f"{result.stderr[-3000:]}\n{console[-3000:]}"
     check_exchange(console, "eth0", reports, SMALL_BLOCKS)
