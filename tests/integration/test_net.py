@@ -226,7 +226,7 @@ def test_through_the_api_a_flood_the_guest_never_reads_leaves_the_api_and_disk_s
         api_ok(sock, "PATCH", "/network-interfaces/eth0", {"iface_id": "eth0", "rx_rate_limiter": limiter})
         exported = api_ok(sock, "GET", "/vm/config")["network-interfaces"][0]
         assert exported["rx_rate_limiter"]["bandwidth"]["size"] == 10_000_000
-        _wait_console(serial, rf"^disk {last + 2} ")  # read last+2 began after the flood was backing up
+        _wait_console(serial, rf"^disk {last + 2} [0-9a-f]{{32}}$")  # read last+2 began once the flood backed up
         reads = _disk_reads(serial)
         assert [reads[i] for i in (last + 1, last + 2)] == [digest, digest], serial.read_text()[-2000:]
         assert _tap_tx_dropped(net, tap.name) > dropped_before
