@@ -2,14 +2,14 @@
 
 Run inside the test's network namespace (``GuestNetns.argv``)::
 
-    python3 net_peer.py serve HOST SIZE   # port 5001: sink, port 5002: source of SIZE bytes
+    python3 net_peer.py serve HOST SIZE BLOCK  # port 5001: sink, port 5002: source of SIZE bytes
     python3 net_peer.py flood TAP SRC DST MAC   # UDP frames SRC -> DST (at MAC) into TAP until killed
 
 The sink reads one connection to its end, answers ``<md5> <bytes>`` and closes; the
 source sends SIZE bytes and closes. Each prints ``sink|source <md5> <bytes> <seconds>``
 on stdout per connection, so the test compares both ends' checksums. The bytes are one
-random block of an odd size repeated (the guest builds its stream the same way), so a
-lost, repeated or reordered segment changes the checksum.
+random block of BLOCK bytes (a prime) repeated (the guest builds its stream the same way),
+so a lost, repeated or reordered segment changes the checksum.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import time
 from collections.abc import Callable
 
 SINK_PORT, SOURCE_PORT = 5001, 5002
-BLOCK = 1048583  # a prime just over 1 MiB: no TCP segment or page boundary lines up with it
 CHUNK = 1 << 16
 
 
@@ -41,13 +40,13 @@ def _sink(conn: socket.socket) -> None:
     _report("sink", md5.hexdigest(), count, started)
 
 
-def _source(conn: socket.socket, size: int) -> None:
-    block = os.urandom(BLOCK)
+def _source(conn: socket.socket, size: int, block_size: int) -> None:
+    block = os.urandom(block_size)
     md5, sent, started = hashlib.md5(), 0, time.monotonic()
     view = memoryview(block)
     while sent < size:
-        offset = sent % BLOCK
-        piece = view[offset:offset + min(CHUNK * 4, size - sent, BLOCK - offset)]
+        offset = sent % block_size
+        piece = view[offset:offset + min(CHUNK * 4, size - sent, block_size - offset)]
         conn.sendall(piece)
         md5.update(piece)
         sent += len(piece)
@@ -63,9 +62,9 @@ def _serve(host: str, port: int, handle: Callable[[socket.socket], None]) -> Non
             handle(conn)
 
 
-def serve(host: str, size: int) -> None:
+def serve(host: str, size: int, block_size: int) -> None:
     threading.Thread(target=_serve, args=(host, SINK_PORT, _sink), daemon=True).start()
-    _serve(host, SOURCE_PORT, lambda conn: _source(conn, size))
+    _serve(host, SOURCE_PORT, lambda conn: _source(conn, size, block_size))
 
 
 def udp_frame(src: str, dst: str, dst_mac: str, payload: bytes) -> bytes:
@@ -96,6 +95,6 @@ def flood(tap: str, src: str, dst: str, dst_mac: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "serve":
-        serve(sys.argv[2], int(sys.argv[3]))
+        serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
         flood(*sys.argv[2:6])
