@@ -165,7 +165,7 @@ class Net(VirtioDeviceBase):
             if tx is not None:
                 self.tx_limiter.update_buckets(tx.bandwidth, tx.ops)
             generation = self._generation
-        self._loop.call_soon(partial(self._wake, generation, True))  # timers are the loop thread's
+        self._loop.call_soon(partial(self._wake, generation, None))  # timers are the loop thread's
 
     # -- lifecycle ---------------------------------------------------------------------------
     def activate(self, mem: GuestMemory, queues: Sequence[Queue], interrupt: InterruptSignal) -> None:
@@ -282,26 +282,28 @@ class Net(VirtioDeviceBase):
         def arm() -> None:
             with self._lock:
                 if generation == self._generation and index not in self._timers:
-                    self._timers[index] = self._loop.call_later(delay_s, partial(self._wake, generation, False))
+                    self._timers[index] = self._loop.call_later(delay_s, partial(self._wake, generation, index))
 
         self._on_loop(arm)
 
-    def _wake(self, generation: int, patched: bool) -> None:
-        """A limiter timer fired (or the buckets changed): retry what it stopped."""
+    def _wake(self, generation: int, index: int | None) -> None:
+        """Queue ``index``'s limiter timer fired, or (None) the buckets changed: retry what was stopped."""
         with self._lock:
             if generation != self._generation:
                 return
-            for index in list(self._timers):
-                timer = self._timers.pop(index)
-                if patched:
+            if index is None:
+                for timer in self._timers.values():
                     timer.cancel()
-            if self._rx_wait is _Wait.LIMITER:
-                if not patched:
+                self._timers.clear()
+            else:
+                self._timers.pop(index, None)
+            if self._rx_wait is _Wait.LIMITER and index in (None, RX_QUEUE):
+                if index is not None:
                     self.metrics.rx_event_rate_limiter_count += 1
                 self._rx_wait = None
                 self._receive()
-            if self._tx_throttled:
-                if not patched:
+            if self._tx_throttled and index in (None, TX_QUEUE):
+                if index is not None:
                     self.metrics.tx_rate_limiter_event_count += 1
                 self._tx_throttled = False
                 self._transmit()
