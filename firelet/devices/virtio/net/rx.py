@@ -53,15 +53,16 @@ def deliver(mem: GuestMemory, queue: Queue, frame: memoryview, mergeable: bool) 
                 failure = f"a {total}-byte frame in a {room}-byte receive chain"
             break
     if failure is not None:
-        for head in heads:
-            queue.add_used(mem, head, 0)
+        queue.add_used_many(mem, [(head, 0) for head in heads])
         return Delivery(len(heads), failure)
     frame[NUM_BUFFERS_OFFSET : NUM_BUFFERS_OFFSET + 2] = len(chains).to_bytes(2, "little")
     offset = 0
+    used: list[tuple[int, int]] = []
     for head, views in chains:
         written = scatter(frame[offset:], views)
-        queue.add_used(mem, head, written)
+        used.append((head, written))
         offset += written
+    queue.add_used_many(mem, used)  # the frame's buffers appear to the driver together
     return Delivery(len(chains))
 
 
