@@ -7,6 +7,7 @@ joining merged buffers by the header's num_buffers.
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -97,6 +98,46 @@ class NetDriver:
         if notify:
             self.notify(1)
         return head
+
+
+class PairTap(Tap):
+    """One end of a SOCK_SEQPACKET pair as the TAP; the header size and offloads are recorded."""
+
+    def __init__(self) -> None:
+        ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        ours.setblocking(False)
+        self.peer.settimeout(20)
+        super().__init__(ours.detach(), "pair0")
+        self.vnet_hdr_size: int | None = None
+        self.offload: int | None = None
+
+    def set_vnet_hdr_size(self, n: int) -> None:
+        self.vnet_hdr_size = n
+
+    def set_offload(self, flags: int) -> None:
+        self.offload = flags
+
+    def inject(self, frame: bytes, header: bytes = bytes(VNET_HDR_LEN)) -> None:
+        self.peer.send(header + frame)
+
+    def take(self) -> bytes:
+        return self.peer.recv(1 << 17)
+
+    def pending(self) -> list[bytes]:
+        out = []
+        self.peer.setblocking(False)
+        try:
+            while True:
+                out.append(self.peer.recv(1 << 17))
+        except BlockingIOError:
+            pass
+        finally:
+            self.peer.settimeout(20)
+        return out
+
+    def close(self) -> None:
+        super().close()
+        self.peer.close()
 
 
 def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 20.0) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import socket
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from hypothesis import strategies as st
 
 from firelet.devices.rate_limiter import Bucket, RateLimiter
 from firelet.devices.virtio import mmio
-from firelet.devices.virtio.net import Net, NetState, Tap
+from firelet.devices.virtio.net import Net, NetState
 from firelet.devices.virtio.net.frames import (
     MAX_BUFFER_LEN,
     VIRTIO_NET_F_CSUM,
@@ -42,50 +41,10 @@ from firelet.records import RecordError, from_dict, to_dict
 from firelet.vstate.device_metrics import fold_device_metrics
 from firelet.vstate.device_registry import BusKind, DeviceEntry, DeviceRegistry, Slot
 
-from net_driver import GUEST_MAC, MEM, RX_DATA, TX_DATA, NetDriver, wait_for
+from net_driver import GUEST_MAC, MEM, RX_DATA, TX_DATA, NetDriver, PairTap, wait_for
 from virtio_utils import copy_memory
 
 HDR = bytes(VNET_HDR_LEN)
-
-
-class PairTap(Tap):
-    """One end of a SOCK_SEQPACKET pair as the TAP; the header size and offloads are recorded."""
-
-    def __init__(self) -> None:
-        ours, self.peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        ours.setblocking(False)
-        self.peer.settimeout(20)
-        super().__init__(ours.detach(), "pair0")
-        self.vnet_hdr_size: int | None = None
-        self.offload: int | None = None
-
-    def set_vnet_hdr_size(self, n: int) -> None:
-        self.vnet_hdr_size = n
-
-    def set_offload(self, flags: int) -> None:
-        self.offload = flags
-
-    def inject(self, frame: bytes, header: bytes = HDR) -> None:
-        self.peer.send(header + frame)
-
-    def take(self) -> bytes:
-        return self.peer.recv(1 << 17)
-
-    def pending(self) -> list[bytes]:
-        out = []
-        self.peer.setblocking(False)
-        try:
-            while True:
-                out.append(self.peer.recv(1 << 17))
-        except BlockingIOError:
-            pass
-        finally:
-            self.peer.settimeout(20)
-        return out
-
-    def close(self) -> None:
-        super().close()
-        self.peer.close()
 
 
 @dataclass(frozen=True)
