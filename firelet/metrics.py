@@ -95,6 +95,14 @@ class Metrics:
         self._last: dict[str, dict[str, int]] = {}
         self._sources: list[Callable[[], None]] = []
 
+    def area(self, name: str) -> Area:
+        """The group ``name``, made empty on first use: per-device groups such as ``net_eth0``
+        (Firecracker writes one per device beside the summed group)."""
+        area = self._areas.get(name)
+        if area is None:
+            area = self._areas[name] = Area()
+        return area
+
     def add_source(self, collect: Callable[[], None]) -> None:
         """Run ``collect()`` before each reading: it copies counters kept elsewhere (a device's) in."""
         self._sources.append(collect)

@@ -43,6 +43,7 @@ class MicroVM:
         vcpus: int = 1,
         mem_mib: int = 128,
         drives: list[dict[str, Any]] | None = None,
+        network_interfaces: list[dict[str, Any]] | None = None,
         console: Sink | None = None,
         tee: Sink | None = None,
         interactive: bool = False,
@@ -52,6 +53,8 @@ class MicroVM:
     ) -> None:
         """Describe a microVM (nothing is built until :meth:`start`).
 
+        ``drives`` and ``network_interfaces`` are Firecracker's objects (``{"iface_id": "eth0",
+        "host_dev_name": "tap0"}``: the TAP must exist, in this process's network namespace).
         ``cmd`` runs a shell command in firelet's guest image (its init reads it
         from the command line); ``console`` is where serial output goes (default:
         kept in :attr:`console`, a :class:`ConsoleBuffer`, also written to ``tee``).
@@ -85,6 +88,7 @@ class MicroVM:
                 {
                     "boot-source": boot,
                     "drives": all_drives,
+                    "network-interfaces": network_interfaces or [],
                     "machine-config": {"vcpu_count": vcpus, "mem_size_mib": mem_mib},
                 },
                 VmConfig,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from firelet.builder.kinds.block import BLOCK_KIND
 from firelet.builder.kinds.boot_timer import BOOT_TIMER_KIND
 from firelet.builder.kinds.i8042 import I8042_KIND
+from firelet.builder.kinds.net import NET_KIND
 from firelet.builder.kinds.serial import SERIAL_KIND
 from firelet.builder.spec import DeviceKinds
 
-DEVICE_KINDS = DeviceKinds([BOOT_TIMER_KIND, SERIAL_KIND, I8042_KIND, BLOCK_KIND])
+DEVICE_KINDS = DeviceKinds([BOOT_TIMER_KIND, SERIAL_KIND, I8042_KIND, BLOCK_KIND, NET_KIND])

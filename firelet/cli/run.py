@@ -26,6 +26,10 @@ def register(sub: Any) -> None:
         "--drive", action="append", default=[], metavar="id=ID,path=PATH[,ro][,root]",
         help="an extra virtio-blk drive (repeatable)",
     )
+    p.add_argument(
+        "--net", action="append", default=[], metavar="tap=NAME[,mac=MAC][,id=ID]",
+        help="a virtio-net interface on the existing TAP NAME (repeatable; ids default to eth0, eth1, ...)",
+    )
     p.add_argument("--cmdline", help="kernel command line (default: console=ttyS0 reboot=k panic=1 ...)")
     p.add_argument("--cmd", help="shell command for firelet's guest init to run (firelet.cmd=)")
     p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs, 1..32 (default 1)")
@@ -61,6 +65,25 @@ def parse_drive(spec: str) -> dict[str, Any]:
     return drive
 
 
+def parse_net(spec: str, index: int) -> dict[str, Any]:
+    """``tap=tap0,mac=06:00:c0:00:02:02,id=eth0`` → a Firecracker network interface object.
+
+    Without ``id=`` the interface is ``eth<index>``, its place among the --net options
+    (and, as the guest names virtio-net devices in order, usually its name there too).
+    """
+    iface: dict[str, Any] = {}
+    keys = {"tap": "host_dev_name", "mac": "guest_mac", "id": "iface_id"}
+    for item in spec.split(","):
+        key, sep, value = item.partition("=")
+        if key not in keys or not sep or not value or keys[key] in iface:
+            raise UsageError(f"--net {spec}: bad item {item!r}; use tap=NAME[,mac=MAC][,id=ID]")
+        iface[keys[key]] = value
+    if "host_dev_name" not in iface:
+        raise UsageError(f"--net {spec}: needs tap=NAME, the host TAP device (see `firelet net up`)")
+    iface.setdefault("iface_id", f"eth{index}")
+    return iface
+
+
 def _console(spec: str):
     from firelet.cli.terminal import is_interactive
     from firelet.devices.legacy.console import FdSink, NullSink
@@ -85,9 +108,9 @@ def build_microvm(args: argparse.Namespace) -> tuple[Any, bool]:
     from firelet.microvm import MicroVM
 
     if args.config_file:
-        if args.kernel or args.rootfs or args.drive or args.initrd:
+        if args.kernel or args.rootfs or args.drive or args.initrd or args.net:
             raise UsageError("--config-file describes the whole VM; do not combine it with "
-                             "--kernel/--rootfs/--drive/--initrd")
+                             "--kernel/--rootfs/--drive/--initrd/--net")
         config = load_config_file(args.config_file)
         sink, interactive = console_for(args.console, config)
         return MicroVM(config=config, console=sink, interactive=interactive, kvm_path=args.kvm_device,
@@ -105,6 +128,7 @@ def build_microvm(args: argparse.Namespace) -> tuple[Any, bool]:
         vcpus=args.vcpus if args.vcpus is not None else 1,
         mem_mib=args.mem if args.mem is not None else 128,
         drives=[parse_drive(d) for d in args.drive],
+        network_interfaces=[parse_net(n, i) for i, n in enumerate(args.net)],
         console=sink,
         interactive=interactive,
         kvm_path=args.kvm_device,

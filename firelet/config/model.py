@@ -195,10 +195,36 @@ class NetworkInterface(Model):
 
     def __post_init__(self) -> None:
         _check_id("iface_id", self.iface_id)
-        if not self.host_dev_name or len(self.host_dev_name) > 15:  # IFNAMSIZ - 1 (linux/if.h)
-            raise ValueError(f"host_dev_name: expected 1 to 15 characters, got {self.host_dev_name!r}")
-        if self.guest_mac is not None and not re.fullmatch(_MAC, self.guest_mac):
-            raise ValueError(f"guest_mac: expected a MAC like 06:00:ac:10:00:02, got {self.guest_mac!r}")
+        name = self.host_dev_name
+        if not name or len(name.encode()) > 15:  # IFNAMSIZ - 1 (linux/if.h)
+            raise ValueError(f"host_dev_name: expected 1 to 15 characters, got {name!r}")
+        # What the kernel refuses in an interface name (net/core/dev.c, dev_valid_name).
+        if name in (".", "..") or any(c in "/:\0" or c.isspace() for c in name):
+            raise ValueError(f"host_dev_name: expected an interface name (no '/', ':' or spaces), got {name!r}")
+        if self.guest_mac is not None:
+            self.guest_mac = check_mac(self.guest_mac)
+
+    @property
+    def mac_bytes(self) -> bytes | None:
+        """The guest MAC as the 6 bytes of the device's config space, or None when none is set."""
+        return bytes.fromhex(self.guest_mac.replace(":", "")) if self.guest_mac else None
+
+
+def check_mac(text: str) -> str:
+    """A guest MAC in lower case, or ValueError naming ``guest_mac``.
+
+    The guest's own address must be one a NIC may have: unicast (the I/G bit, bit 0 of the
+    first octet, clear; IEEE 802-2014 §8.2) and not all zeros, which Linux refuses as an
+    interface address (``is_valid_ether_addr``). Firecracker reports the MAC in lower case.
+    """
+    if not re.fullmatch(_MAC, text):
+        raise ValueError(f"guest_mac: expected a MAC like 06:00:ac:10:00:02, got {text!r}")
+    first = int(text[:2], 16)
+    if first & 1:
+        raise ValueError(f"guest_mac: expected a unicast MAC (first octet even), got multicast {text}")
+    if text.replace(":", "").strip("0") == "":
+        raise ValueError(f"guest_mac: expected a unicast MAC, got the all-zero address {text}")
+    return text.lower()
 
 
 class Pmem(Model):

@@ -41,7 +41,6 @@ def unsupported(cfg: VmConfig) -> list[Unsupported]:
     """Every part of ``cfg`` that asks for something firelet cannot do yet, in file order."""
     machine = cfg.machine_config
     found = [Unsupported(where, what) for where, what, asked in (
-        ("network-interfaces", "network interfaces (virtio-net) are", bool(cfg.network_interfaces)),
         ("vsock", "the vsock device is", cfg.vsock is not None),
         ("entropy", "the entropy device (virtio-rng) is", cfg.entropy is not None),
         ("balloon", "the balloon device is", cfg.balloon is not None),
@@ -57,6 +56,10 @@ def unsupported(cfg: VmConfig) -> list[Unsupported]:
     for drive in cfg.drives:
         if drive.socket is not None:
             found.append(Unsupported(f"drives[{drive.drive_id}].socket", "vhost-user block devices are"))
+    for iface in cfg.network_interfaces:
+        if iface.mtu is not None:
+            found.append(Unsupported(f"network-interfaces[{iface.iface_id}].mtu",
+                                     "advertising an MTU to the guest (VIRTIO_NET_F_MTU) is"))
     return found
 
 

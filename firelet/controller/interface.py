@@ -38,6 +38,22 @@ class NotSupported(BackendError):
     """An operation firelet cannot do yet (Firecracker answers these with a 400 too)."""
 
 
+def tap_problem(host_dev_name: str) -> str | None:
+    """Why the TAP ``host_dev_name`` cannot be attached as the VMM attaches it, or None when it can.
+
+    The API asks when a PUT names a TAP (Firecracker opens it there), before any VMM
+    exists: the TAP is opened in this process's network namespace, the VMM's, and closed
+    again; the VMM opens it for good at start. The reason names the device.
+    """
+    from firelet.devices.virtio.net import NetError, Tap
+
+    try:
+        Tap.open(host_dev_name).close()
+    except NetError as exc:
+        return str(exc)
+    return None
+
+
 @runtime_checkable
 class VmmBackend(Protocol):
     """The running microVM, as the API sees it.

@@ -128,7 +128,17 @@ class VmmController:
             raise BackendError(f"drive {drive_id}: rate_limiter.{exc}") from None
 
     def update_net_rate_limiters(self, iface_id: str, rx: Any, tx: Any) -> None:
-        raise NotSupported("network interfaces are not supported by firelet yet")
+        """Replace the given buckets of an interface's RX and TX limiters, live (on the event loop)."""
+        from firelet.devices.virtio.net import Net
+
+        device = self._vmm().devices.get(Net, iface_id)
+        if device is None:
+            raise BackendError(f"Network config error: Unable to update the net device: no network interface "
+                               f"has iface_id {iface_id!r}. Please verify the request arguments.")
+        try:
+            device.update_rate_limiters(rx, tx)
+        except ValueError as exc:  # a bucket the device cannot hold; nothing was changed
+            raise BackendError(f"Network config error: Unable to update the net device: {exc}.") from None
 
     def balloon_config(self) -> Any:
         raise NotSupported("the balloon device is not supported by firelet yet")

@@ -140,7 +140,6 @@ def test_features_firelet_lacks_are_refused_at_their_put(vm: Harness) -> None:
         ("PUT", "/machine-config", {"vcpu_count": 2, "mem_size_mib": 256, "smt": True}, "simultaneous multithreading"),
         ("PATCH", "/machine-config", {"smt": True}, "simultaneous multithreading"),
         ("PUT", "/drives/v", {"drive_id": "v", "is_root_device": False, "socket": "/s"}, "vhost-user block"),
-        ("PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"}, "network interfaces"),
         ("PUT", "/pmem/p0", {"id": "p0", "path_on_host": "/p"}, "virtio-pmem devices are"),
         ("PUT", "/hotplug/memory", {"total_size_mib": 1024}, "memory hot-plug (virtio-mem) is"),
         ("GET", "/hotplug/memory", None, "memory hot-plug (virtio-mem) is"),

@@ -110,7 +110,6 @@ def test_firecrackers_own_example_config_loads_and_passes_the_start_checks(tmp_p
 _BASE: dict[str, Any] = {"boot-source": {"kernel_image_path": "/k"}}
 #: Each section or field of a feature firelet lacks: (where, the empty forms, a filled form).
 SECTIONS: list[tuple[str, list[Any], Any]] = [
-    ("network-interfaces", [[]], [{"iface_id": "eth0", "host_dev_name": "tap0"}]),
     ("vsock", [None], {"guest_cid": 3, "uds_path": "/tmp/v.sock"}),
     ("entropy", [None], {}),
     ("balloon", [None], {"amount_mib": 0, "deflate_on_oom": False}),
@@ -126,6 +125,8 @@ FIELDS: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
     ("metrics.emit_id", "metrics", {"metrics_path": "/m", "emit_id": False}, {"metrics_path": "/m", "emit_id": True}),
     ("metrics.properties", "metrics", {"metrics_path": "/m", "properties": {}},
      {"metrics_path": "/m", "properties": {"host": "a"}}),
+    ("network-interfaces[eth0].mtu", "network-interfaces", [{"iface_id": "eth0", "host_dev_name": "tap0"}],
+     [{"iface_id": "eth0", "host_dev_name": "tap0", "mtu": 1500}]),
     ("drives[rootfs].socket", "drives", [{"drive_id": "rootfs", "is_root_device": True, "path_on_host": "/r"}],
      [{"drive_id": "rootfs", "is_root_device": True, "socket": "/vhost.sock"}]),
 ]
@@ -174,12 +175,12 @@ def test_a_drive_rate_limiter_is_taken(tmp_path: Path) -> None:
     assert (limits.bandwidth.size, limits.ops.size, limits.ops.one_time_burst) == (10_000_000, 200, None)
 
 
-def test_the_mmds_needs_a_network_interface_and_both_are_named(tmp_path: Path) -> None:
+def test_the_mmds_is_refused_while_its_network_interface_is_accepted(tmp_path: Path) -> None:
     doc = {"network-interfaces": [{"iface_id": "eth0", "host_dev_name": "tap0"}],
            "mmds-config": {"network_interfaces": ["eth0"]}}
     message = _refusal(tmp_path, doc)
-    assert message.endswith(": not supported by firelet yet: network-interfaces, mmds-config; "
-                            "remove them (or leave the sections empty)")
+    assert message.endswith(": mmds-config: the microVM metadata service (MMDS) is not supported by firelet yet; "
+                            "remove the section or leave it empty")
 
 
 def test_a_configuration_built_through_the_api_is_refused_at_start_the_same_way(tmp_path: Path) -> None:

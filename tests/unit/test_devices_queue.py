@@ -52,6 +52,24 @@ def test_add_used_writes_element_then_idx(mem) -> None:
     assert drv.take_used() == [(head, 8)]
 
 
+def test_add_used_many_publishes_all_entries_with_one_idx_store_and_skips_bad_heads(
+        mem, monkeypatch: pytest.MonkeyPatch) -> None:
+    drv = DriverQueue(mem, size=4)
+    q = drv.device_queue()
+    drv.start_at(65534)
+    q.next_avail = q.next_used = 65534
+    heads = [drv.add_chain([(drv.alloc(4), 4, True)]) for _ in range(3)]
+    chains = [q.pop(mem) for _ in range(3)]
+    assert [c.head_index for c in chains if c is not None] == heads
+    writes: list[int] = []
+    store = mem.write_u16
+    monkeypatch.setattr(mem, "write_u16", lambda addr, value: (writes.append(value), store(addr, value)))
+    q.add_used_many(mem, [(heads[0], 1), (99, 7), (heads[1], 2), (heads[2], 3)])
+    monkeypatch.undo()
+    assert writes == [1]  # 65534 + 3, wrapped: one store of used idx
+    assert drv.take_used() == [(heads[0], 1), (heads[1], 2), (heads[2], 3)] and q.next_used == 1
+
+
 def test_wrap_around_at_65535(mem) -> None:
     drv = DriverQueue(mem, size=4)
     q = drv.device_queue()

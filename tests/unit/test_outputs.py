@@ -85,7 +85,7 @@ def test_run_with_a_config_file_hands_the_sections_to_the_microvm(tmp_path: Path
               "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
               "serial": {"serial_out_path": str(tmp_path / "ser")}, "metrics": {"metrics_path": "m"}}
     path.write_text(json.dumps(config))
-    args = argparse.Namespace(config_file=str(path), kernel=None, rootfs=None, drive=[], initrd=None,
+    args = argparse.Namespace(config_file=str(path), kernel=None, rootfs=None, drive=[], initrd=None, net=[],
                               console=None, kvm_device="/dev/kvm", boot_timer=False)
     vm, interactive = build_microvm(args)
     assert not interactive and vm._outputs_plan.metrics_path == "m"

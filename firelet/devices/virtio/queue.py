@@ -310,6 +310,22 @@ class Queue:
         # x86 keeps these two stores in order, so the driver never sees idx before the entry.
         mem.write_u16(self.used_ring + 2, self.next_used)
 
+    def add_used_many(self, mem: GuestMemory, entries: list[tuple[int, int]]) -> None:
+        """Return several chains at once: all their used elements, then one used idx store.
+
+        A receive frame spread over merged buffers must appear whole: a driver polling the
+        ring must never see its first buffer (which announces the count) before the others.
+        """
+        index = self.next_used
+        for head_index, length in entries:
+            if not 0 <= head_index < self.size:
+                continue  # a device bug; never write a head the driver did not give us
+            slot = self.used_ring + 4 + 8 * (index % self.size)
+            _USED_ELEM.pack_into(mem.view(slot, 8), 0, head_index, length & 0xFFFFFFFF)
+            index = (index + 1) & 0xFFFF
+        self.next_used = index
+        mem.write_u16(self.used_ring + 2, index)
+
     def needs_notification(self, mem: GuestMemory) -> bool:
         """Whether to interrupt the driver for the entries added since the last call.
 
