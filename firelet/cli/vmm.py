@@ -236,7 +236,8 @@ def run(args: argparse.Namespace) -> int:
 #: What the VMM's threads import lazily after they have confined themselves (an import opens
 #: files and maps extension modules executable, which no filter allows): imported at start instead.
 _LATE_IMPORTS = ("json", "ipaddress", "firelet.logs", "firelet.config.support", "firelet.controller.vmm_controller",
-                 "firelet.devices.legacy.console")
+                 "firelet.devices.legacy.console",
+                 "firelet.devices.virtio.net")  # PUT /network-interfaces opens the TAP on the API thread
 
 
 def _import_before_confinement() -> None:

@@ -197,3 +197,37 @@ def test_confine_does_nothing_until_the_process_enables_a_policy_and_refuses_a_s
     assert result.stdout.splitlines() == [
         "False []", "True metrics", "['MainThread']", "[]",
         "thread MainThread is already confined (as main); it cannot also take the main filter"]
+
+
+def test_a_confined_vmm_attaches_a_tap_at_the_put_and_at_the_start(tmp_path: Path) -> None:
+    """PUT /network-interfaces opens the TAP on the API thread, InstanceStart on the event loop's;
+    both are confined by then. A guest with the interface runs, and a missing TAP is a 400."""
+    from firelet.hostnet import links
+    from firelet.hostnet.netns import create_netns, netns_path, remove_netns
+
+    if os.geteuid() != 0 or not Path("/dev/net/tun").exists():  # pragma: no cover - the CI machine is root
+        pytest.fail("this test makes a network namespace and a TAP: run it as root with /dev/net/tun", pytrace=False)
+    name = f"flsc{os.getpid() % 100000}"
+    kernel, sock = tmp_path / "vmlinux", tmp_path / "api.sock"
+    kernel.write_bytes(_elf(bytes.fromhex("f4ebfd"), pvh_offset=None))  # hlt; jmp hlt
+    create_netns(name)
+    try:
+        links.create_tap("tap0", netns=name)
+        proc = subprocess.Popen(["nsenter", f"--net={netns_path(name)}", sys.executable, "-m", "firelet.cli.vmm",
+                                 "--api-sock", str(sock)], env=_env(), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE)
+        try:
+            wait_for_api(sock, proc)
+            assert call(sock, "PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": "tap0"})[0] == 204
+            status, body = call(sock, "PUT", "/network-interfaces/eth1", {"iface_id": "eth1", "host_dev_name": "none0"})
+            assert status == 400 and "'none0' does not exist" in body["fault_message"]
+            assert call(sock, "PUT", "/boot-source", {"kernel_image_path": str(kernel)})[0] == 204
+            assert call(sock, "PUT", "/actions", {"action_type": "InstanceStart"})[0] == 204
+            assert call(sock, "GET", "/")[1]["state"] == "Running"
+            assert proc.poll() is None
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+        assert code == 0, proc.stderr.read() if proc.stderr else code
+    finally:
+        remove_netns(name)
