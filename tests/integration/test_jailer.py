@@ -1,5 +1,8 @@
 """A jailed firelet-vmm boots the guest through its API socket inside the jail (issue #14, "Done when").
 
+The first test's VMM runs in a network namespace the test made (the jailer's --netns),
+which holds the guest's TAP; the guest pings the TAP's host address there.
+
 Runs in the nested rig: real KVM, cgroup2 with every controller at /sys/fs/cgroup, /tmp a
 tmpfs. The kernel and the root image are placed in the jail's root by the test, as a
 Firecracker user places them (a copy, a hard link); the VMM sees them at /vmlinux and
@@ -25,11 +28,15 @@ import pytest
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import guest_cmdline_for
 
+import netns
 from conftest import BOOT_TIMEOUT_S, api_ok, read_file_in_image
+
+guest_netns = netns.guest_netns  # the fixture, found under its name
 
 UID, GID = 4242, 4243
 CGROUP2 = "/sys/fs/cgroup"
 MARKER = "jailed-guest-wrote-its-disk"
+PINGED = "jailed-guest-pinged-its-host"
 LIMITS = {"memory.max": str(768 << 20), "pids.max": "64", "cpu.max": "100000 100000"}
 
 
@@ -56,7 +63,8 @@ def _prepare_jail(base: Path, vm_id: str, kernel: Any, rootfs: Path) -> Path:
     return root
 
 
-def _start_jailer(base: Path, vm_id: str, parent: str, limits: dict[str, str]) -> subprocess.Popen[bytes]:
+def _start_jailer(base: Path, vm_id: str, parent: str, limits: dict[str, str],
+                  extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     if "cgroup2" not in {line.split()[2] for line in Path("/proc/mounts").read_text().splitlines()
                          if line.split()[1] == CGROUP2}:
         pytest.fail(f"no cgroup2 at {CGROUP2}: run this in the nested rig (`firelet nested`)")
@@ -66,7 +74,7 @@ def _start_jailer(base: Path, vm_id: str, parent: str, limits: dict[str, str]) -
     return subprocess.Popen(
         [sys.executable, "-m", "firelet.jailer", "--id", vm_id, "--exec-file", str(vmm), "--uid", str(UID),
          "--gid", str(GID), "--chroot-base-dir", str(base), "--new-pid-ns", "--cgroup-version", "2",
-         "--parent-cgroup", parent, *cgroup_flags, "--", "--api-sock", "/run/api.sock"],
+         "--parent-cgroup", parent, *cgroup_flags, *extra, "--", "--api-sock", "/run/api.sock"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
 
 
@@ -79,9 +87,12 @@ def _wait_for_socket(sock: Path, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.1)
 
 
-def _boot(sock: Path, command: str, mem_mib: int) -> None:
+def _boot(sock: Path, command: str, mem_mib: int, tap: netns.GuestTap | None = None) -> None:
+    ip = f"{tap.guest.boot_arg()} " if tap is not None else ""
     api_ok(sock, "PUT", "/boot-source", {"kernel_image_path": "/vmlinux",
-                                      "boot_args": f"console=ttyS0 reboot=k panic=-1 {guest_cmdline_for(command)}"})
+                                      "boot_args": f"console=ttyS0 reboot=k panic=-1 {ip}{guest_cmdline_for(command)}"})
+    if tap is not None:
+        api_ok(sock, "PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap.name})
     api_ok(sock, "PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": "/rootfs.ext4",
                                         "is_root_device": True, "is_read_only": False})
     api_ok(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mem_mib})
@@ -89,11 +100,14 @@ def _boot(sock: Path, command: str, mem_mib: int) -> None:
     api_ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
 
 
-def test_jailed_vmm_boots_the_guest_through_its_api_inside_the_jail(kernel, rootfs: Path, base: Path) -> None:
+def test_jailed_vmm_boots_the_guest_through_its_api_inside_the_jail(kernel, rootfs: Path, base: Path,
+                                                                    guest_netns) -> None:
     vm_id, parent = "jailed-1", f"firelet-it-{uuid.uuid4().hex[:8]}"
+    net = guest_netns(taps=1, owner=UID)  # the jailed VMM's uid may attach to its TAP
+    tap = net.taps[0]
     root = _prepare_jail(base, vm_id, kernel, rootfs)
     mounts_before = _host_mounts()
-    proc = _start_jailer(base, vm_id, parent, LIMITS)
+    proc = _start_jailer(base, vm_id, parent, LIMITS, ("--netns", net.path))
     cgroup = Path(CGROUP2, parent, vm_id)
     try:
         _wait_for_socket(root / "run" / "api.sock", proc)
@@ -101,7 +115,8 @@ def test_jailed_vmm_boots_the_guest_through_its_api_inside_the_jail(kernel, root
         pid = int((root / "firelet-vmm.pid").read_text())
         in_cgroup = (cgroup / "cgroup.procs").read_text().split()
         status = Path(f"/proc/{pid}/status").read_text()
-        _boot(root / "run" / "api.sock", f"echo {MARKER} > /root/jailed; sync; echo {MARKER}", 256)
+        _boot(root / "run" / "api.sock", f"echo {MARKER} > /root/jailed; sync; echo {MARKER}; "
+              f"ping -c 2 -W 10 {tap.host.ip} && echo {PINGED}", 256, tap)
         code = proc.wait(BOOT_TIMEOUT_S)
         err = proc.stderr.read().decode()
     finally:
@@ -114,6 +129,7 @@ def test_jailed_vmm_boots_the_guest_through_its_api_inside_the_jail(kernel, root
     assert str(pid) in in_cgroup
     assert "NoNewPrivs:\t1" in status and f"Uid:\t{UID}\t{UID}" in status and "CapEff:\t0000000000000000" in status
     assert "FIRELET-EXIT status=0" in serial and MARKER in serial
+    assert f"\n{PINGED}" in serial  # through its TAP, in the namespace the VMM was jailed into
     assert read_file_in_image(rootfs, "/root/jailed").strip() == MARKER
     # what the user placed and the VMM wrote stays; everything the jailer made is gone
     assert sorted(p.name for p in root.iterdir()) == ["rootfs.ext4", "serial.out", "vmlinux"]
