@@ -255,7 +255,9 @@ def test_through_the_api_a_flood_the_guest_never_reads_leaves_the_api_and_disk_s
         flooder.kill()
         flooder.wait(10)
         lines = [json.loads(line) for line in metrics.read_text().splitlines()]
-        net_metrics = {key: sum(line["net"][key] for line in lines) for key in ("no_rx_avail_buffer", "rx_bytes_count")}
+        counters = ("no_rx_avail_buffer", "rx_bytes_count", "rx_packets_count", "tx_bytes_count", "tx_packets_count",
+                    "tx_queue_event_count", "no_tx_avail_buffer", "tx_malformed_frames", "tap_write_fails")
+        net_metrics = {key: sum(line["net"][key] for line in lines) for key in counters}
         print(f"\nflood: tap0 tx_dropped {_tap_tx_dropped(net, tap.name) - dropped_before}, VMM metrics {net_metrics}, "
               f"net_eth0 present: {'net_eth0' in lines[-1]}", flush=True)
         assert net_metrics["no_rx_avail_buffer"] > 0  # the VMM saw the guest's queue empty and stopped reading
