@@ -107,13 +107,13 @@ def _pythonpath() -> str:
     return str(Path(__file__).resolve().parent.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")
 
 
-def _spawn_cold(config: Path, stderr: Path) -> int:
+def _spawn_cold(vmm_argv: list[str], stderr: Path) -> int:
     """``firelet-vmm`` as its own process (posix_spawn: the cheapest start a parent can give it)."""
     env = dict(os.environ, PYTHONPATH=_pythonpath())
     files = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
              (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
              (os.POSIX_SPAWN_OPEN, 2, str(stderr), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)]
-    argv = [sys.executable, "-m", "firelet.cli.vmm", *_vmm_argv(config)]
+    argv = [sys.executable, "-m", "firelet.cli.vmm", *vmm_argv]
     return os.posix_spawn(sys.executable, argv, env, file_actions=files)
 
 
@@ -140,7 +140,7 @@ def cold_batch(config: Path, count: int, work: Path) -> Batch:
     t0 = time.perf_counter()
     for i in range(count):
         t, stderr = time.perf_counter(), work / f"cold-{i}.err"
-        started[_spawn_cold(config, stderr)] = (t, stderr)
+        started[_spawn_cold(_vmm_argv(config), stderr)] = (t, stderr)
         _reap_cold(batch, started, block=False)  # the launcher reaps between requests too
     _reap_cold(batch, started, block=True)
     batch.total_s = time.perf_counter() - t0
@@ -172,9 +172,7 @@ def reset_split(launcher: Launcher, config: Path, work: Path, runs: int) -> dict
                 launcher.wait(f"s{i}", timeout_s=BATCH_TIMEOUT_S)
                 launcher.reap()
             else:
-                env = dict(os.environ, PYTHONPATH=_pythonpath())
-                pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "firelet.cli.vmm", *argv], env)
-                os.waitpid(pid, 0)
+                os.waitpid(_spawn_cold(argv, log.with_suffix(".err")), 0)
             t_end, t_reset = time.time(), _reset_time(log)
             split[warm].append(((t_reset - t0) * 1000, (t_end - t_reset) * 1000))
     return split
