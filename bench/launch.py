@@ -9,6 +9,9 @@ On the host, no VM booted (issue #15):
   whole batch took to answer (VMMs per second).
 
 Medians with [min-max] and raw numbers. Run: ``python3 bench/launch.py [--runs 20] [--counts 10,50]``.
+
+``--rate 1,10,50,200`` measures instead the launch rate to a tiny guest's first port write,
+N VMs at once (see ``bench/launchrate.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ sys.path.insert(0, str(REPO))
 from firelet.launcher import procinfo  # noqa: E402  (after the path: run from a checkout)
 from firelet.launcher.client import Launcher  # noqa: E402
 from firelet.launcher.probe import instance_state  # noqa: E402
+
+import launchrate  # noqa: E402  (bench/, the script's own folder)
+from rigrun import machine_description  # noqa: E402
 
 
 def _answers(path: Path) -> bool:
@@ -105,10 +111,29 @@ def _stats(values: list[float]) -> str:
     return f"{statistics.median(values):.1f} [{min(values):.1f}-{max(values):.1f}]"
 
 
+def _rate_section(launcher: Launcher, work: Path, counts: list[int], cold_max: int) -> None:
+    """Issue #15's launch rate to a tiny guest's port write (the API/memory section is skipped)."""
+    config = launchrate.write_guest(work)
+    load_before = os.getloadavg()[0]
+    launchrate.warm_batch(launcher, config, 1, work)  # not counted: page cache, .pyc files
+    launchrate.cold_batch(config, 1, work)
+    results = launchrate.measure(launcher, config, work, counts, cold_max)
+    split = launchrate.reset_split(launcher, config, work, runs=10)
+    print(f"{machine_description()}; load average before {load_before:.2f}, after "
+          f"{os.getloadavg()[0]:.2f}; `{' '.join(sys.argv)}`")
+    print(launchrate.report(results, cold_max))
+    print(launchrate.report_split(split))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20, help="starts to measure, each way")
     parser.add_argument("--counts", default="10,50", help="VMMs alive at once for the memory figures")
+    parser.add_argument("--rate", default=None, metavar="COUNTS",
+                        help="instead: VMs per second to a tiny guest's port write, N at once (e.g. 1,10,50,200)")
+    parser.add_argument("--rate-cold-max", type=int, default=50, metavar="N",
+                        help="with --rate: start at most N cold VMMs at once (larger counts run warm only; "
+                             "200 cold take ~70 CPU-s, both cores of this box for over half a minute)")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     with tempfile.TemporaryDirectory(prefix="fl-bench-", dir="/tmp") as tmp:
@@ -118,6 +143,9 @@ def main() -> int:
         launcher_start_ms = (time.perf_counter() - t0) * 1000
         assert launcher.process is not None
         try:
+            if args.rate:
+                _rate_section(launcher, work, [int(c) for c in args.rate.split(",")], args.rate_cold_max)
+                return 0
             for warm in (True, False):  # not counted: page cache, .pyc files
                 one_start(launcher, work, warm, 999)
             starts = {warm: [one_start(launcher, work, warm, n) for n in range(args.runs)] for warm in (True, False)}

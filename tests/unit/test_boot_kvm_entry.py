@@ -9,18 +9,17 @@ This machine's /dev/kvm emulates such code slowly, so the guests are short.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Iterator
 
 import pytest
 
 from firelet.arch.x86_64 import bootparams, cpuid, layout, loader, mptable, pvh, regs
 from firelet.arch.x86_64.ram import guest_ram
+from firelet.devtools.images.tiny import ENTRY, elf
 from firelet.kvm import Kvm
 from firelet.kvm import structs as S
 from firelet.memory.guest import GuestMemory
 
-ENTRY = 0x1000000
 PORT = 0x3F8
 MARK_ADDR = 0x3FFFF000  # last page of the 1 GiB identity map
 MARK = 0x5EED1234
@@ -44,20 +43,6 @@ PVH_CODE = bytes.fromhex(
     "ef"  # out dx, eax
     "f4"  # hlt
 )
-
-
-def _elf(code: bytes, *, pvh_offset: int | None) -> bytes:
-    notes = b""
-    if pvh_offset is not None:
-        notes = struct.pack("<III", 4, 4, 18) + b"Xen\x00" + struct.pack("<I", ENTRY + pvh_offset)
-    nph = 2 if notes else 1
-    data_at = 64 + 56 * nph
-    phdrs = struct.pack("<IIQQQQQQ", 1, 5, data_at, ENTRY, ENTRY, len(code), len(code) + 64, 0x1000)
-    if notes:
-        phdrs += struct.pack("<IIQQQQQQ", 4, 4, data_at + len(code), 0, 0, len(notes), len(notes), 4)
-    ident = b"\x7fELF\x02\x01\x01" + bytes(9)
-    ehdr = struct.pack("<16sHHIQQQIHHHHHH", ident, 2, 62, 1, ENTRY, 64, 0, 0, 64, 56, nph, 64, 0, 0)
-    return ehdr + phdrs + code + notes
 
 
 @pytest.fixture
@@ -105,7 +90,7 @@ def _outs(vcpu, count: int) -> list[int]:
 
 
 def test_long_mode_entry_sees_zero_page_identity_map_and_stack(kvm: Kvm, mem: GuestMemory) -> None:
-    kernel = loader.load_kernel_data(mem, _elf(LONG_CODE, pvh_offset=None))
+    kernel = loader.load_kernel_data(mem, elf(LONG_CODE))
     loader.write_cmdline(mem, "console=ttyS0", kernel=kernel)
     bootparams.write_boot_params(mem, kernel, 14)
     mptable.write_mptable(mem, 1)
@@ -123,7 +108,7 @@ def test_long_mode_entry_sees_zero_page_identity_map_and_stack(kvm: Kvm, mem: Gu
 
 
 def test_pvh_entry_sees_start_info_in_ebx(kvm: Kvm, mem: GuestMemory) -> None:
-    kernel = loader.load_kernel_data(mem, _elf(b"\xf4" + PVH_CODE, pvh_offset=1))
+    kernel = loader.load_kernel_data(mem, elf(b"\xf4" + PVH_CODE, pvh_offset=1))
     assert kernel.pvh_entry == ENTRY + 1
     pvh.write_pvh_start_info(mem, "console=ttyS0", kernel=kernel)
     vm, vcpu = _boot_vcpu(kvm, mem, kernel, "pvh")

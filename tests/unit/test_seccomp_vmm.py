@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 from seccomp_escape import ATTEMPTS, GUEST_CODE
-from test_boot_kvm_entry import _elf
 
+from firelet.devtools.images.tiny import elf
 from firelet.seccomp import DEFAULT_POLICY_PATH
 
 from api_fake_backend import call, raw_exchange, request_bytes, wait_for_api
@@ -39,7 +39,7 @@ def _env() -> dict[str, str]:
 
 def _vm_config(tmp_path: Path) -> Path:
     kernel, config = tmp_path / "vmlinux", tmp_path / "vm.json"
-    kernel.write_bytes(_elf(GUEST_CODE, pvh_offset=None))
+    kernel.write_bytes(elf(GUEST_CODE))
     config.write_text(json.dumps({"boot-source": {"kernel_image_path": str(kernel)},
                                   "machine-config": {"vcpu_count": 1, "mem_size_mib": 64}}))
     return config
@@ -111,7 +111,7 @@ def test_a_thread_that_never_confines_itself_keeps_the_guest_out(tmp_path: Path)
 def test_a_running_guest_survives_the_stack_report_and_sigterm_ends_the_vmm_cleanly(tmp_path: Path) -> None:
     """SIGUSR2's report (the loop pauses the vCPUs) and SIGTERM (main stops them) on a confined VMM."""
     kernel, config, sock = tmp_path / "vmlinux", tmp_path / "vm.json", tmp_path / "api.sock"
-    kernel.write_bytes(_elf(bytes.fromhex("f4ebfd"), pvh_offset=None))  # hlt; jmp hlt
+    kernel.write_bytes(elf(bytes.fromhex("f4ebfd")))  # hlt; jmp hlt
     config.write_text(json.dumps({"boot-source": {"kernel_image_path": str(kernel)},
                                   "machine-config": {"vcpu_count": 2, "mem_size_mib": 64}}))
     stderr = tmp_path / "stderr"
