@@ -22,7 +22,7 @@ ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")  # jailer.md: alphanumerics and hyphen
 #: jailer.md, --resource-limit: the resources that can be bounded, and the rlimit each names.
 RESOURCES = {"fsize": "RLIMIT_FSIZE", "no-file": "RLIMIT_NOFILE"}
 DEFAULT_NO_FILE = 2048  # jailer.md, "Jailer Operation": no-file is bounded to 2048 when no limit is given
-_CGROUP_FILE_RE = re.compile(r"[a-z_][a-z0-9_]*\.[a-z0-9_.]+")  # controller.knob, e.g. memory.max, cpu.cfs_quota_us
+CGROUP_FILE_RE = re.compile(r"[a-z_][a-z0-9_]*\.[a-z0-9_.]+")  # controller.knob, e.g. memory.max, cpu.cfs_quota_us
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def check_id(vm_id: str) -> None:
 
 def parse_cgroup(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
-    if not sep or not _CGROUP_FILE_RE.fullmatch(name) or not value or "\n" in value:
+    if not sep or not CGROUP_FILE_RE.fullmatch(name) or not value or "\n" in value:
         raise UsageError(f"--cgroup {text!r}: expected <controller>.<file>=<value>, e.g. memory.max=268435456")
     return name, value
 
