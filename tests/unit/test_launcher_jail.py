@@ -233,3 +233,16 @@ def test_the_launch_request_carries_the_jail_on_the_wire(launcher: Launcher, wor
     launcher.stop("w-1")
     assert launcher.wait("w-1")[0]["exit_code"] == 0
     assert list(base.iterdir()) == []
+
+
+def test_an_oom_kill_is_in_the_childs_record_and_its_jail_still_goes(
+        launcher: Launcher, workdir: Path, base: Path, parent: str) -> None:
+    """1 MiB cannot hold the pages a Python process dirties (a warm child needs a few MiB)."""
+    jail = {"uid": UID, "gid": GID, "chroot_base_dir": str(base), "parent_cgroup": parent,
+            "cgroups": {"memory.limit_in_bytes": "1M"}}
+    launcher.launch("oom-1", ["--api-sock", "/run/api.sock"], stderr=str(workdir / "oom.err"), jail=jail)
+    [ended] = launcher.wait("oom-1")
+    assert ended["state"] == "killed" and ended["exit_signal"] == "SIGKILL"
+    assert ended["oom_kills"] >= 1 and ended["error"].startswith("the VMM ran out of memory: the OOM killer ended it")
+    assert list(base.iterdir()) == []
+    assert _cgroup_parents(parent) == []
