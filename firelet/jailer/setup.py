@@ -35,12 +35,13 @@ def prepare(spec: JailSpec, exposure: Exposure | None, cleanup: contextlib.ExitS
 
     ``exposure`` is the read-only runtime to mount in the jail (None: none is mounted).
     """
-    netns_fd = None
+    jail = layout.jail_for(spec.chroot_base_dir, spec.exec_name, spec.id)
+    confinement = Confinement(root=jail.root, uid=spec.uid, gid=spec.gid, netns=spec.netns, exposure=exposure,
+                              resource_limits=dict(spec.resource_limits), dev_null=dev_null)
     if spec.netns is not None:
         with step("netns"):
-            netns_fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
-            cleanup.callback(_close_quietly, netns_fd)
-    jail = layout.jail_for(spec.chroot_base_dir, spec.exec_name, spec.id)
+            confinement.netns_fd = os.open(spec.netns, os.O_RDONLY | os.O_CLOEXEC)
+            cleanup.callback(release_netns, confinement)
     with step("cgroups"):
         dirs = cgroups.plan(spec.cgroup_version, spec.parent_cgroup_path, spec.id, spec.cgroups) \
             if spec.cgroups else []
@@ -48,8 +49,6 @@ def prepare(spec: JailSpec, exposure: Exposure | None, cleanup: contextlib.ExitS
         layout.prepare(jail, spec.uid, spec.gid, exposure.top_level() if exposure else {}, cleanup)
     with step("cgroups"):
         cgroups.create(dirs, cleanup, spec.cgroup_version)
-    confinement = Confinement(root=jail.root, uid=spec.uid, gid=spec.gid, netns=spec.netns, netns_fd=netns_fd,
-                              exposure=exposure, resource_limits=dict(spec.resource_limits), dev_null=dev_null)
     return Prepared(spec, jail, dirs, confinement)
 
 
@@ -80,6 +79,9 @@ def _join_parent_if_any(parent: str, pid: int) -> None:
         cgroups.join_existing(roots[0], parent, pid)
 
 
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)
+def release_netns(confinement: Confinement) -> None:
+    """The parent's handle on the network namespace, once the child has joined it (or never will)."""
+    fd, confinement.netns_fd = confinement.netns_fd, None
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)

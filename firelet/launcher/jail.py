@@ -83,6 +83,7 @@ class Jailed:
             _kill_and_wait(pid)
             self._cleanup.close()
             raise protocol.ProtocolError(f"launch {self.vm_id}: {failure}")
+        setup.release_netns(self.prepared.confinement)  # joined: the launcher keeps no fd per VMM
 
     def abandon(self) -> None:
         """Before the fork or when it failed: unmake the jail."""

@@ -330,7 +330,6 @@ class LauncherServer:
             raise protocol.ProtocolError(f"launch {request.id}: the launcher has threads; refusing to fork")
         jailed = Jailed(request.id, request.jail) if request.jail is not None else None  # nothing left on failure
         opened: list[int] = []
-        pid = -1
         try:
             stdio = (self._open(os.devnull, os.O_RDONLY, opened, request.id, "stdin"),
                      self._stream(request.stdout, 1, opened, request.id, "stdout"),

@@ -246,3 +246,28 @@ def test_an_oom_kill_is_in_the_childs_record_and_its_jail_still_goes(
     assert ended["oom_kills"] >= 1 and ended["error"].startswith("the VMM ran out of memory: the OOM killer ended it")
     assert list(base.iterdir()) == []
     assert _cgroup_parents(parent) == []
+
+
+def test_a_jailed_child_joins_its_netns_and_the_launcher_keeps_no_fd_for_it(
+        launcher: Launcher, workdir: Path, base: Path) -> None:
+    import subprocess
+
+    from firelet.launcher import procinfo
+
+    name = f"firelet-test-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    netns = f"/var/run/netns/{name}"
+    try:
+        lpid = launcher.ping()["pid"]
+        fds_before = procinfo.fd_count(lpid)
+        jail = {"uid": UID, "gid": GID, "chroot_base_dir": str(base), "netns": netns, "cgroup_version": 2}
+        pid = launcher.launch("ns-1", ["--api-sock", "/run/api.sock"], stderr=str(workdir / "ns.err"), jail=jail)
+        root = base / "firelet-vmm" / "ns-1" / "root"
+        assert _api(root / "run" / "api.sock", "GET", "/")[0] == 200
+        assert os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns).st_ino
+        assert procinfo.fd_count(lpid) == fds_before  # the netns handle went once the child joined it
+        launcher.stop("ns-1")
+        assert launcher.wait("ns-1")[0]["exit_code"] == 0
+        assert list(base.iterdir()) == []
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=True)
