@@ -2,9 +2,10 @@
 
 Runs right after ``os.fork()`` in the child, which starts with a copy of a
 single-threaded launcher (no KVM fds, no locks held: see docs/launcher.md). It
-leaves nothing of the launcher reachable, then calls firelet-vmm's own ``main``
-with the requested arguments, the code path the ``firelet-vmm`` command runs, and
-exits with its status without ever returning into the launcher's code.
+leaves nothing of the launcher reachable, confines itself when the launch is
+jailed (firelet-jailer's ``confine``), then calls firelet-vmm's own ``main`` with
+the requested arguments, the code path the ``firelet-vmm`` command runs, and exits
+with its status without ever returning into the launcher's code.
 """
 
 from __future__ import annotations
