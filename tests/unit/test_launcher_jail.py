@@ -271,3 +271,17 @@ def test_a_jailed_child_joins_its_netns_and_the_launcher_keeps_no_fd_for_it(
         assert list(base.iterdir()) == []
     finally:
         subprocess.run(["ip", "netns", "del", name], check=True)
+
+
+def test_a_launcher_shut_down_stops_its_jailed_children_and_removes_their_jails(
+        launcher: Launcher, workdir: Path, base: Path, parent: str) -> None:
+    jail = {"uid": UID, "gid": GID, "chroot_base_dir": str(base), "parent_cgroup": parent, "new_pid_ns": True,
+            "cgroups": {"pids.max": "32"}}
+    for vm_id in ("s-1", "s-2"):
+        launcher.launch(vm_id, ["--api-sock", "/run/api.sock"], stderr=str(workdir / f"{vm_id}.err"), jail=jail)
+        assert _api(base / "firelet-vmm" / vm_id / "root" / "run" / "api.sock", "GET", "/")[0] == 200
+    reply = launcher.shutdown()
+    assert sorted(reply["stopping"]) == ["s-1", "s-2"]
+    assert launcher.process is not None and launcher.process.returncode == 0
+    assert list(base.iterdir()) == []
+    assert _cgroup_parents(parent) == []
