@@ -129,6 +129,7 @@ class Handshake:
         """In the parent, right after the fork: drop the child's ends."""
         os.close(self.errors_w)
         os.close(self.go_r)
+        self.errors_w = self.go_r = -1
 
     def go(self) -> None:
         """The child sits in its cgroups: let it confine itself."""
@@ -154,8 +155,8 @@ class Handshake:
             self.close()
 
     def close(self) -> None:
-        """Close whatever of the parent's ends is still open (on any failure path too)."""
-        for name in ("go_w", "errors_r"):
+        """Close whatever of the pipes is still open in the parent (on any failure path too, a failed fork's)."""
+        for name in ("go_w", "errors_r", "go_r", "errors_w"):
             fd = getattr(self, name)
             if fd >= 0:
                 with contextlib.suppress(OSError):

@@ -109,7 +109,11 @@ def _check_exec_file(path: str) -> None:
 def _spawn(child: Child, new_pid_ns: bool) -> tuple[int, confine.Handshake]:
     """Fork the VMM's process: it waits for ``go`` (once it is in its cgroups), confines itself and execs."""
     handshake = confine.Handshake()
-    pid = confine.fork(new_pid_ns)
+    try:
+        pid = confine.fork(new_pid_ns)
+    except BaseException:
+        handshake.close()
+        raise
     if pid == 0:  # pragma: no cover - runs in the child, which never returns
         handshake.confine_child(child.confinement)
         try:
