@@ -13,11 +13,12 @@ the warm child has firelet-vmm imported before the fork (docs/launcher.md).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 
 from firelet.errors import FireletError
-from firelet.jailer import confine, setup
+from firelet.jailer import cgroups, confine, layout, setup
 from firelet.jailer.flags import JailSpec
 from firelet.launcher import protocol
 from firelet.log import get_logger
@@ -38,6 +39,11 @@ def spec_for(vm_id: str, jail: protocol.Jail) -> JailSpec:
                     resource_limits=dict(jail.resource_limits))
 
 
+#: Directories above the jails (``<base>/firelet-vmm``, ...) and parent cgroups the launcher made. Its
+#: jails share them, so the jail that made one may end while another is inside: the last one out removes it.
+_SHARED_DIRS: set[str] = set()
+
+
 class Jailed:
     """A child's jail, from before its fork until its end (what the launcher made, and unmakes)."""
 
@@ -45,8 +51,12 @@ class Jailed:
         self.vm_id = vm_id
         self.spec = spec_for(vm_id, jail)
         self._cleanup = contextlib.ExitStack()
+        where = layout.jail_for(self.spec.chroot_base_dir, EXEC_NAME, self.spec.id)
+        above = _missing_dirs(os.path.dirname(where.base))  # <base>/firelet-vmm and up: shared
+        above += [p for d in _planned_cgroups(self.spec) for p in _missing_dirs(os.path.dirname(d.path))]
         try:
             self.prepared = setup.prepare(self.spec, None, self._cleanup)
+            _SHARED_DIRS.update(above)
             self._handshake = confine.Handshake()
             self._cleanup.callback(self._handshake.close)
         except BaseException as exc:
@@ -106,6 +116,7 @@ class Jailed:
         except (FireletError, OSError) as exc:
             log.warning("launcher: %s: cleaning up its jail: %s", self.vm_id, exc)
             out["cleanup_error"] = str(exc)
+        _remove_unused(_SHARED_DIRS)
         return out
 
     def _refused(self, exc: BaseException) -> protocol.ProtocolError:
@@ -116,6 +127,38 @@ class Jailed:
         if isinstance(exc, FireletError):
             return protocol.ProtocolError(f"launch {self.vm_id}: jail: {exc}")
         raise exc
+
+
+def _planned_cgroups(spec: JailSpec) -> list[cgroups.CgroupDir]:
+    """The cgroups the jail will have (a plan that fails now fails again, named, in ``prepare``)."""
+    if not spec.cgroups:
+        return []
+    try:
+        return cgroups.plan(spec.cgroup_version, spec.parent_cgroup_path, spec.id, spec.cgroups)
+    except (FireletError, OSError):
+        return []
+
+
+def _missing_dirs(path: str) -> list[str]:
+    missing = []
+    while not os.path.isdir(path) and path != os.path.dirname(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _remove_unused(dirs: set[str]) -> None:
+    """rmdir each directory no jail uses any more (deepest first); one still in use stays listed."""
+    for path in sorted(dirs, key=lambda p: -p.count("/")):
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EBUSY):  # a cgroup in use is EBUSY
+                log.warning("launcher: cannot remove %s: %s", path, exc.strerror)
+            continue
+        dirs.discard(path)
 
 
 def _kill_and_wait(pid: int) -> None:

@@ -273,15 +273,19 @@ def test_a_jailed_child_joins_its_netns_and_the_launcher_keeps_no_fd_for_it(
         subprocess.run(["ip", "netns", "del", name], check=True)
 
 
-def test_a_launcher_shut_down_stops_its_jailed_children_and_removes_their_jails(
+def test_shared_parents_go_with_the_last_jail_and_a_shutdown_stops_jailed_children(
         launcher: Launcher, workdir: Path, base: Path, parent: str) -> None:
     jail = {"uid": UID, "gid": GID, "chroot_base_dir": str(base), "parent_cgroup": parent, "new_pid_ns": True,
             "cgroups": {"pids.max": "32"}}
     for vm_id in ("s-1", "s-2"):
         launcher.launch(vm_id, ["--api-sock", "/run/api.sock"], stderr=str(workdir / f"{vm_id}.err"), jail=jail)
         assert _api(base / "firelet-vmm" / vm_id / "root" / "run" / "api.sock", "GET", "/")[0] == 200
+    launcher.stop("s-1")  # the one that made <base>/firelet-vmm and the parent cgroup ends first
+    [first] = launcher.wait("s-1")
+    assert first["exit_code"] == 0 and "cleanup_error" not in first
+    assert os.listdir(base / "firelet-vmm") == ["s-2"] and len(_cgroup_parents(parent)) == 1
     reply = launcher.shutdown()
-    assert sorted(reply["stopping"]) == ["s-1", "s-2"]
+    assert reply["stopping"] == ["s-2"]
     assert launcher.process is not None and launcher.process.returncode == 0
     assert list(base.iterdir()) == []
     assert _cgroup_parents(parent) == []
