@@ -60,7 +60,7 @@ class Jailed:
             self._handshake = confine.Handshake()
             self._cleanup.callback(self._handshake.close)
         except BaseException as exc:
-            self._cleanup.close()
+            self.abandon()
             raise self._refused(exc) from None
 
     @property
@@ -87,17 +87,20 @@ class Jailed:
             failure = self._handshake.outcome(CONFINE_TIMEOUT_S)
         except BaseException as exc:
             _kill_and_wait(pid)
-            self._cleanup.close()
+            self.abandon()
             raise self._refused(exc) from None
         if failure:
             _kill_and_wait(pid)
-            self._cleanup.close()
+            self.abandon()
             raise protocol.ProtocolError(f"launch {self.vm_id}: {failure}")
         setup.release_netns(self.prepared.confinement)  # joined: the launcher keeps no fd per VMM
 
     def abandon(self) -> None:
-        """Before the fork or when it failed: unmake the jail."""
-        self._cleanup.close()
+        """The launch failed: unmake the jail (the parents it made only if no other jail uses them)."""
+        try:
+            self._cleanup.close()
+        finally:
+            _remove_unused(_SHARED_DIRS)
 
     def record(self) -> dict[str, object]:
         return {"jail": self.root, "cgroups": [d.path for d in self.prepared.dirs]}
