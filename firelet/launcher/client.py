@@ -116,7 +116,7 @@ class Launcher:
         """Fork a VMM running ``firelet-vmm argv``; its pid.
 
         ``jail`` confines it as firelet-jailer would, e.g. ``{"uid": 1000, "gid": 1000,
-        "chroot_base_dir": "/srv/jailer", "cgroups": {"memory.max": "256M"}}``: its paths
+        "chroot_base_dir": "/srv/jailer", "cgroup_version": 2, "cgroups": {"memory.max": "256M"}}``: its paths
         in ``argv`` (``--api-sock``, ...) are then inside ``<base>/firelet-vmm/<id>/root``.
         """
         message: dict[str, Any] = {"op": "launch", "id": vm_id, "argv": argv, "stdout": stdout, "stderr": stderr,
