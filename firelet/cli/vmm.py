@@ -235,15 +235,15 @@ def run(args: argparse.Namespace) -> int:
 
 #: What the VMM's threads import lazily after they have confined themselves (an import opens
 #: files and maps extension modules executable, which no filter allows): imported at start instead.
-_LATE_IMPORTS = ("json", "ipaddress", "firelet.logs", "firelet.config.support", "firelet.controller.vmm_controller",
-                 "firelet.devices.legacy.console",
-                 "firelet.devices.virtio.net")  # PUT /network-interfaces opens the TAP on the API thread
+LATE_IMPORTS = ("json", "ipaddress", "firelet.logs", "firelet.config.support", "firelet.controller.vmm_controller",
+                "firelet.devices.legacy.console",
+                "firelet.devices.virtio.net")  # PUT /network-interfaces opens the TAP on the API thread
 
 
 def _import_before_confinement() -> None:
     import importlib
 
-    for name in _LATE_IMPORTS:
+    for name in LATE_IMPORTS:
         importlib.import_module(name)
 
 
@@ -368,7 +368,7 @@ def _wait_for_vm(api: Api) -> int:
 
 def _make_backend(args: argparse.Namespace, api: Api, loop: EventLoop) -> VmmBackend:
     """The real VMM on the event loop made at start, imported only when a VM starts (keeps the
-    API's start-up small; with seccomp it was imported at start, see :data:`_LATE_IMPORTS`)."""
+    API's start-up small; with seccomp it was imported at start, see :data:`LATE_IMPORTS`)."""
     from firelet.controller.interface import BackendError
 
     if args.enable_pci:  # said as the devices are made, so a logger set through the API gets it too

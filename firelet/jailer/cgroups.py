@@ -104,7 +104,7 @@ def _make_dirs(d: CgroupDir, cleanup: contextlib.ExitStack, version: int) -> Non
             os.mkdir(current)
         except OSError as exc:
             raise CgroupError(f"cgroup: cannot make {current}: {exc.strerror}") from None
-        cleanup.callback(remove_dir, current)
+        cleanup.callback(remove_dir, current, leaf=current == d.path)
         if d.v1_cpuset:  # a new v1 cpuset has no cpus or mems: no task may join until they are copied
             for knob in ("cpuset.cpus", "cpuset.mems"):
                 write_checked(current, knob, _read(os.path.join(parent, knob)) or "")
@@ -207,8 +207,12 @@ def join_existing(hierarchy: str, parent: str, pid: int) -> bool:
     return True
 
 
-def remove_dir(path: str) -> None:
-    """rmdir a cgroup once its last task has left (a reaped task leaves it within milliseconds)."""
+def remove_dir(path: str, *, leaf: bool = True) -> None:
+    """rmdir a cgroup once its last task has left (a reaped task leaves it within milliseconds).
+
+    A parent (``leaf=False``, e.g. ``--parent-cgroup``) that is busy holds another VM's
+    cgroup: it is left to whoever ends last, not waited for.
+    """
     for _ in range(_RMDIR_TRIES):
         try:
             os.rmdir(path)
@@ -218,6 +222,8 @@ def remove_dir(path: str) -> None:
         except OSError as exc:
             if exc.errno != errno.EBUSY:
                 raise CgroupError(f"cgroup: cannot remove {path}: {exc.strerror}") from None
+            if not leaf:
+                return
             time.sleep(0.01)
     raise CgroupError(f"cgroup: {path} still has tasks; remove it when they end")
 

@@ -22,7 +22,29 @@ ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")  # jailer.md: alphanumerics and hyphen
 #: jailer.md, --resource-limit: the resources that can be bounded, and the rlimit each names.
 RESOURCES = {"fsize": "RLIMIT_FSIZE", "no-file": "RLIMIT_NOFILE"}
 DEFAULT_NO_FILE = 2048  # jailer.md, "Jailer Operation": no-file is bounded to 2048 when no limit is given
-_CGROUP_FILE_RE = re.compile(r"[a-z_][a-z0-9_]*\.[a-z0-9_.]+")  # controller.knob, e.g. memory.max, cpu.cfs_quota_us
+CGROUP_FILE_RE = re.compile(r"[a-z_][a-z0-9_]*\.[a-z0-9_.]+")  # controller.knob, e.g. memory.max, cpu.cfs_quota_us
+
+
+@dataclass(frozen=True)
+class JailSpec:
+    """The jail alone: what ``firelet-jailer`` and a jailed warm launch both prepare (checked for form)."""
+
+    id: str
+    exec_name: str  # names the jail's directory, its pid file and the default parent cgroup
+    uid: int
+    gid: int
+    chroot_base_dir: str = DEFAULT_CHROOT_BASE
+    netns: str | None = None
+    new_pid_ns: bool = False
+    cgroup_version: int = 1
+    cgroups: tuple[tuple[str, str], ...] = ()
+    parent_cgroup: str | None = None
+    resource_limits: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def parent_cgroup_path(self) -> str:
+        """Relative to each hierarchy's root; jailer.md: defaults to the exec file's name."""
+        return self.parent_cgroup if self.parent_cgroup is not None else self.exec_name
 
 
 @dataclass(frozen=True)
@@ -49,8 +71,13 @@ class JailerArgs:
 
     @property
     def parent_cgroup_path(self) -> str:
-        """Relative to each hierarchy's root; jailer.md: defaults to the exec file's name."""
-        return self.parent_cgroup if self.parent_cgroup is not None else self.exec_name
+        return self.jail_spec().parent_cgroup_path
+
+    def jail_spec(self) -> JailSpec:
+        return JailSpec(id=self.id, exec_name=self.exec_name, uid=self.uid, gid=self.gid,
+                        chroot_base_dir=self.chroot_base_dir, netns=self.netns, new_pid_ns=self.new_pid_ns,
+                        cgroup_version=self.cgroup_version, cgroups=self.cgroups, parent_cgroup=self.parent_cgroup,
+                        resource_limits=self.resource_limits)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,7 +141,7 @@ def check_id(vm_id: str) -> None:
 
 def parse_cgroup(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
-    if not sep or not _CGROUP_FILE_RE.fullmatch(name) or not value or "\n" in value:
+    if not sep or not CGROUP_FILE_RE.fullmatch(name) or not value or "\n" in value:
         raise UsageError(f"--cgroup {text!r}: expected <controller>.<file>=<value>, e.g. memory.max=268435456")
     return name, value
 

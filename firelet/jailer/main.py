@@ -9,6 +9,9 @@ stays outside as the VMM's supervisor: it forwards signals, and when the VMM
 ends it reports an OOM kill and removes everything it made (cgroups, the jail's
 mount points and pid file; mounts die with the VMM's namespace). Any failure
 names its step in one line and unwinds the same cleanup stack.
+
+The parent's steps are :mod:`setup`'s and the child's :mod:`confine`'s, which the
+warm launcher's jailed launches run too; only the exec and the supervision are here.
 """
 
 from __future__ import annotations
@@ -18,12 +21,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from firelet.errors import FireletError
-from firelet.jailer import cgroups, flags, layout, mounts, privileges, runtime
-from firelet.jailer import syscalls as sc
+from firelet.jailer import confine, flags, runtime, setup
+from firelet.jailer.confine import StepError, step
 
 PROG = "firelet-jailer"
 #: Signals a supervisor passes on to the VMM, so that stopping the jailer stops the VM.
@@ -31,35 +33,14 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signa
 STOPPING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-class StepError(FireletError):
-    """A step of the jailer's sequence failed; the message names it."""
-
-
-@contextlib.contextmanager
-def step(name: str) -> Iterator[None]:
-    """Turn any failure inside into one line that names the step."""
-    try:
-        yield
-    except StepError:
-        raise
-    except FireletError as exc:
-        message = str(exc)
-        raise StepError(message if message.startswith(name.rstrip("s")) else f"{name}: {message}") from None
-    except OSError as exc:
-        where = f" {exc.filename}:" if exc.filename else ""
-        raise StepError(f"{name}:{where} {exc.strerror or exc}") from None
-
-
 @dataclass
 class Child:
     """What the forked process needs to confine itself and exec the VMM."""
 
-    args: flags.JailerArgs
-    jail: layout.Jail
-    exposure: runtime.Exposure
-    netns_fd: int | None
-    dev_null: int | None
+    confinement: confine.Confinement
+    exec_file: str
     argv: list[str]
+    env: dict[str, str]
 
 
 def console() -> int:
@@ -82,49 +63,31 @@ def run(args: flags.JailerArgs, start_us: int) -> int:
         with step("exec file"):
             _check_exec_file(args.exec_file)
             exposure = runtime.for_exec_file(args.exec_file)
-        netns_fd = None
-        if args.netns is not None:
-            with step("netns"):
-                netns_fd = os.open(args.netns, os.O_RDONLY | os.O_CLOEXEC)
-                cleanup.callback(os.close, netns_fd)
         dev_null = None
         if args.daemonize:
             dev_null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
             cleanup.callback(_close_quietly, dev_null)
-        jail = layout.jail_for(args.chroot_base_dir, args.exec_name, args.id)
-        with step("cgroups"):
-            dirs = cgroups.plan(args.cgroup_version, args.parent_cgroup_path, args.id, args.cgroups) \
-                if args.cgroups else []
-        with step("jail"):
-            layout.prepare(jail, args.uid, args.gid, exposure.top_level(), cleanup)
-        with step("cgroups"):
-            cgroups.create(dirs, cleanup, args.cgroup_version)
+        prepared = setup.prepare(args.jail_spec(), exposure, cleanup, dev_null)
         argv = [args.exec_file, f"--id={args.id}", f"--start-time-us={start_us}", "--start-time-cpu-us=0",
                 *args.vmm_args]
-        child = Child(args, jail, exposure, netns_fd, dev_null, argv)
+        child = Child(prepared.confinement, args.exec_file, argv, exposure.env)
         with step("fork"):
-            pid, errors, go = _spawn(child)
+            pid, handshake = _spawn(child, args.new_pid_ns)
+        cleanup.callback(handshake.close)
         reaped = _Reaper(pid)
         cleanup.callback(reaped.kill)
-        with step("cgroups"):
-            cgroups.attach(dirs, pid)
-            if args.cgroup_version == 2 and not args.cgroups:
-                _join_parent_if_any(args.parent_cgroup_path, pid)
-        with step("pid file"):
-            layout.write_pid_file(jail, pid, cleanup)
-        os.write(go, b"g")
-        os.close(go)
-        failure = _read_all(errors)
+        setup.place(prepared, pid, cleanup)
+        handshake.go()
+        failure = handshake.outcome()
         if failure:
             reaped.wait()
             raise StepError(failure)
         if args.daemonize and dev_null is not None:
             _detach(dev_null)
         code = reaped.supervise()
-        oom = sum(cgroups.oom_kills(d) for d in dirs)
+        oom = setup.oom_kills(prepared)
     if oom:
-        print(f"{PROG}: error: the VMM ran out of memory: the OOM killer ended it "
-              f"({oom} kill(s) in its cgroup; raise memory.max or lower the guest's memory)", file=sys.stderr)
+        print(f"{PROG}: error: {setup.oom_message(oom)}", file=sys.stderr)
     elif code > 128:
         print(f"{PROG}: the VMM was killed by {signal.Signals(code - 128).name}", file=sys.stderr)
     return code
@@ -143,76 +106,25 @@ def _check_exec_file(path: str) -> None:
         raise StepError(f"exec file {path}: not executable (chmod +x it)")
 
 
-def _join_parent_if_any(parent: str, pid: int) -> None:
-    roots = [point for point, kind, _ in cgroups.mounts() if kind == "cgroup2"]
-    if roots:
-        cgroups.join_existing(roots[0], parent, pid)
-
-
-def _spawn(child: Child) -> tuple[int, int, int]:
-    """Fork the VMM's process; it waits for ``go`` (once it is in its cgroups) and reports failures on ``errors``."""
-    errors_r, errors_w = os.pipe2(os.O_CLOEXEC)
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    if child.args.new_pid_ns:
-        sc.unshare(sc.CLONE_NEWPID)  # the next process forked is PID 1 of a new namespace
-    pid = os.fork()
+def _spawn(child: Child, new_pid_ns: bool) -> tuple[int, confine.Handshake]:
+    """Fork the VMM's process: it waits for ``go`` (once it is in its cgroups), confines itself and execs."""
+    handshake = confine.Handshake()
+    try:
+        pid = confine.fork(new_pid_ns)
+    except BaseException:
+        handshake.close()
+        raise
     if pid == 0:  # pragma: no cover - runs in the child, which never returns
-        message = "jail: the jailer went away"
+        handshake.confine_child(child.confinement)
         try:
-            os.close(errors_r)
-            os.close(go_w)
-            if os.read(go_r, 1) == b"g":
-                os.close(go_r)
-                _confine_and_exec(child, errors_w)
+            with step(f"exec {child.exec_file}"):
+                os.execve(child.exec_file, child.argv, child.env)
         except StepError as exc:
-            message = str(exc)
-        except BaseException as exc:  # the child must report whatever stopped it, then end
-            message = f"jail: {type(exc).__name__}: {exc}"
-        try:
-            os.write(errors_w, message.encode()[:4000])
-        finally:
-            os._exit(1)
-    os.close(errors_w)
-    os.close(go_r)
-    return pid, errors_r, go_w
-
-
-def _confine_and_exec(child: Child, errors: int) -> None:  # pragma: no cover - runs in the child
-    args, root = child.args, child.jail.root
-    if child.netns_fd is not None:
-        with step(f"netns {args.netns}"):
-            sc.setns(child.netns_fd, sc.CLONE_NEWNET)
-            os.close(child.netns_fd)
-    with step("mount namespace"):
-        sc.unshare(sc.CLONE_NEWNS)
-        mounts.make_private()
-        mounts.bind_root(root)
-    with step("/dev"):
-        mounts.make_dev(root, args.uid, args.gid)
-    with step("runtime mounts"):
-        mounts.expose_runtime(root, child.exposure)
-    with step("pivot_root"):
-        mounts.pivot(root)
-    with step("rlimits"):
-        privileges.set_rlimits(args.resource_limits)
-    if child.dev_null is not None:
-        with step("daemonize"):
-            privileges.daemonize(child.dev_null)
-    with step("privileges"):
-        privileges.drop_privileges(args.uid, args.gid)
-    with step("file descriptors"):
-        privileges.close_inherited_fds(keep=errors)
-    with step(f"exec {args.exec_file}"):
-        os.execve(args.exec_file, child.argv, child.exposure.env)
-
-
-def _read_all(fd: int) -> str:
-    """The child's failure message, or "" once its exec closed the pipe."""
-    data = b""
-    while chunk := os.read(fd, 4096):
-        data += chunk
-    os.close(fd)
-    return data.decode(errors="replace")
+            handshake.fail(str(exc))
+        except BaseException as exc:
+            handshake.fail(f"jail: {type(exc).__name__}: {exc}")
+    handshake.forked()
+    return pid, handshake
 
 
 def _detach(dev_null: int) -> None:

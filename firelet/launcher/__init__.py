@@ -2,6 +2,8 @@
 
 - :mod:`~firelet.launcher.server`: the launcher process (``firelet launcher --socket PATH``).
 - :mod:`~firelet.launcher.child`: what a forked child does to become firelet-vmm.
+- :mod:`~firelet.launcher.jail`: a jailed launch, through firelet-jailer's own steps.
+- :mod:`~firelet.launcher.jail`: a jailed launch, through firelet-jailer's own steps.
 - :mod:`~firelet.launcher.client`: :class:`Launcher`, the Python API to it.
 - :mod:`~firelet.launcher.fleet`: :class:`Fleet`, many microVMs from one config (``firelet fleet``).
 

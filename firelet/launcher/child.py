@@ -2,9 +2,10 @@
 
 Runs right after ``os.fork()`` in the child, which starts with a copy of a
 single-threaded launcher (no KVM fds, no locks held: see docs/launcher.md). It
-leaves nothing of the launcher reachable, then calls firelet-vmm's own ``main``
-with the requested arguments, the code path the ``firelet-vmm`` command runs, and
-exits with its status without ever returning into the launcher's code.
+leaves nothing of the launcher reachable, confines itself when the launch is
+jailed (firelet-jailer's ``confine``), then calls firelet-vmm's own ``main`` with
+the requested arguments, the code path the ``firelet-vmm`` command runs, and exits
+with its status without ever returning into the launcher's code.
 """
 
 from __future__ import annotations
@@ -21,13 +22,16 @@ _INTERNAL_ERROR = 70
 
 
 def become_vmm(argv: list[str], *, name: str, cwd: str | None, stdio: tuple[int, int, int],
-               handlers: Mapping[int, Any], drop_launcher: Callable[[], None]) -> NoReturn:
+               handlers: Mapping[int, Any], drop_launcher: Callable[[], None],
+               confine: Callable[[], None] | None = None) -> NoReturn:
     """Turn this freshly forked child into a VMM running ``firelet-vmm argv``; never returns.
 
     ``stdio`` are the fds to become 0, 1 and 2 (opened by the launcher before the fork,
     so a bad path fails the launch request, not the child); ``handlers`` the signal
     dispositions the launcher found at its start; ``drop_launcher`` closes the
-    launcher's sockets, selector and pipes in this process.
+    launcher's sockets, selector and pipes in this process; ``confine``, for a jailed
+    launch, confines the process (firelet-jailer's code path: it ends the child itself
+    on a failure) once it holds nothing of the launcher and its stdio is in place.
     """
     code = _INTERNAL_ERROR
     try:
@@ -42,9 +46,11 @@ def become_vmm(argv: list[str], *, name: str, cwd: str | None, stdio: tuple[int,
         for target, fd in enumerate(stdio):
             if fd != target:
                 os.dup2(fd, target)
+        if confine is not None:
+            confine()
         os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # every fd not the VMM's own (close_range(2))
         if cwd is not None:
-            os.chdir(cwd)
+            os.chdir(cwd)  # in a jail: a path in the jail
         from firelet.cli.lean import dump_stacks_on_signal
         from firelet.cli.vmm import main, set_process_name
 

@@ -11,8 +11,12 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from firelet.launcher import procinfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from firelet.launcher.jail import Jailed
 
 #: How much of an ended child's stderr file is read for its last line.
 _TAIL_BYTES = 4096
@@ -29,6 +33,8 @@ class Child:
     cpu_s: float = 0.0  # from wait4's rusage once reaped
     ended: float | None = None
     kill_at: float | None = None  # SIGKILL then, if it still runs
+    jail: Jailed | None = None  # a jailed launch's jail, released once reaped
+    jail_end: dict[str, object] = field(default_factory=dict)  # what releasing it found (OOM kills)
 
     @property
     def running(self) -> bool:
@@ -37,6 +43,8 @@ class Child:
     def record(self) -> dict[str, object]:
         """What ``list``, ``wait`` and ``reap`` say about this child."""
         info: dict[str, object] = {"id": self.id, "pid": self.pid, "argv": self.argv}
+        if self.jail is not None:
+            info.update(self.jail.record())
         if self.status is None:
             cpu_s, uptime_s = procinfo.stat_times(self.pid)
             rss, uss = procinfo.memory_kib(self.pid)
@@ -51,6 +59,7 @@ class Child:
             info.update(state="exited", exit_code=os.WEXITSTATUS(self.status), exit_signal=None)
             if os.WEXITSTATUS(self.status) != 0 and self.stderr_path:
                 info["error"] = last_line(self.stderr_path)
+        info.update(self.jail_end)  # an OOM kill's error says more than a last line
         return info
 
 

@@ -111,11 +111,19 @@ class Launcher:
         return reply
 
     def launch(self, vm_id: str, argv: list[str], *, stdout: str = protocol.INHERIT,
-               stderr: str = protocol.INHERIT, name: str = "firelet-vmm", cwd: str | None = None) -> int:
-        """Fork a VMM running ``firelet-vmm argv``; its pid."""
-        reply = self.request({"op": "launch", "id": vm_id, "argv": argv, "stdout": stdout, "stderr": stderr,
-                              "name": name, "cwd": cwd})
-        return int(reply["pid"])
+               stderr: str = protocol.INHERIT, name: str = "firelet-vmm", cwd: str | None = None,
+               jail: dict[str, Any] | None = None) -> int:
+        """Fork a VMM running ``firelet-vmm argv``; its pid.
+
+        ``jail`` confines it as firelet-jailer would, e.g. ``{"uid": 1000, "gid": 1000,
+        "chroot_base_dir": "/srv/jailer", "cgroup_version": 2, "cgroups": {"memory.max": "256M"}}``: its paths
+        in ``argv`` (``--api-sock``, ...) are then inside ``<base>/firelet-vmm/<id>/root``.
+        """
+        message: dict[str, Any] = {"op": "launch", "id": vm_id, "argv": argv, "stdout": stdout, "stderr": stderr,
+                                   "name": name, "cwd": cwd}
+        if jail is not None:
+            message["jail"] = jail
+        return int(self.request(message)["pid"])
 
     def list(self) -> Records:
         return list(self.request({"op": "list"})["vms"])

@@ -23,6 +23,7 @@ from typing import Any
 from firelet.errors import FireletError
 from firelet.launcher import protocol
 from firelet.launcher.children import Child, Children
+from firelet.launcher.jail import Jailed
 from firelet.log import get_logger
 
 log = get_logger("firelet.launcher")
@@ -188,6 +189,8 @@ class LauncherServer:
             log.info("launcher: %s: stopping", signal.Signals(self._stop_signal).name)
             self._begin_shutdown(leave_running=False, grace_s=self.grace_s)
         for child in self.children.reap():
+            if child.jail is not None:  # before any reply can report it ended: its jail goes first
+                child.jail_end = child.jail.release()
             log.info("launcher: %s (pid %d) ended: %s", child.id, child.pid, child.record()["state"])
         self.children.kill_overdue(time.monotonic())
         for conn in list(self._conns.values()):
@@ -325,6 +328,7 @@ class LauncherServer:
                                          "stop it or choose another id")
         if threading.active_count() != 1:  # fork safety: never fork with another thread mid-way
             raise protocol.ProtocolError(f"launch {request.id}: the launcher has threads; refusing to fork")
+        jailed = Jailed(request.id, request.jail) if request.jail is not None else None  # nothing left on failure
         opened: list[int] = []
         try:
             stdio = (self._open(os.devnull, os.O_RDONLY, opened, request.id, "stdin"),
@@ -332,19 +336,29 @@ class LauncherServer:
                      self._stream(request.stderr, 2, opened, request.id, "stderr"))
             sys.stdout.flush()
             sys.stderr.flush()
-            pid = os.fork()
+            pid = jailed.fork() if jailed is not None else os.fork()
             if pid == 0:  # pragma: no cover  (the child; coverage cannot follow it)
                 from firelet.launcher.child import become_vmm
 
                 become_vmm(list(request.argv), name=request.name, cwd=request.cwd, stdio=stdio,
-                           handlers=self._handlers, drop_launcher=self._drop_in_child)
+                           handlers=self._handlers, drop_launcher=self._drop_in_child,
+                           confine=jailed.confine_child if jailed is not None else None)
+        except BaseException:
+            if jailed is not None:
+                jailed.abandon()
+            raise
         finally:
             for fd in opened:
                 os.close(fd)
+        if jailed is not None:
+            jailed.started(pid)  # the child confines itself; a failure ends it and unmakes the jail
         stderr_path = request.stderr if request.stderr.startswith("/") else None
-        self.children.add(Child(request.id, pid, list(request.argv), stderr_path))
-        log.info("launcher: %s started (pid %d)", request.id, pid)
-        return {"ok": True, "op": "launch", "id": request.id, "pid": pid}
+        self.children.add(Child(request.id, pid, list(request.argv), stderr_path, jail=jailed))
+        log.info("launcher: %s started (pid %d)%s", request.id, pid, f" in {jailed.root}" if jailed else "")
+        reply: dict[str, object] = {"ok": True, "op": "launch", "id": request.id, "pid": pid}
+        if jailed is not None:
+            reply.update(jailed.record())
+        return reply
 
     def _stream(self, where: str, inherit: int, opened: list[int], vm_id: str, what: str) -> int:
         if where == protocol.INHERIT:

@@ -4,8 +4,10 @@ A cold ``firelet-vmm`` pays for its interpreter and its imports on each start;
 a child forked from the warm launcher finds them loaded, and their pages stay
 shared copy-on-write as long as nobody writes them. :func:`warm_up` imports the
 VMM's whole runtime (the modules ``firelet-vmm`` loads on its way to an API and
-a running VM, lazily imported ones included), then freezes the heap: the cyclic
-collector never visits (and so never writes to) what start-up made.
+a running VM, lazily imported ones included) and reads its default seccomp
+policy, then freezes the heap: the cyclic collector never visits (and so never
+writes to) what start-up made. A jailed child (docs/launcher.md) relies on this:
+after ``pivot_root`` nothing of the host's Python or firelet is there to read.
 """
 
 from __future__ import annotations
@@ -39,9 +41,14 @@ def warm_up() -> list[str]:
         for info in pkgutil.walk_packages(package.__path__, prefix=f"{name}."):
             importlib.import_module(info.name)
             loaded.append(info.name)
-    from firelet.cli.vmm import build_parser
+    from firelet import seccomp
+    from firelet.cli.vmm import LATE_IMPORTS, build_parser
 
+    for name in LATE_IMPORTS:  # what firelet-vmm imports after its start (the standard library's included)
+        importlib.import_module(name)
+        loaded.append(name)
     build_parser()  # argparse and the modules its help text needs
+    seccomp.default_policy()  # read once here: a jailed child cannot reach policy.json (docs/launcher.md)
     if threading.active_count() != 1:  # fork safety rests on this (docs/launcher.md)
         raise RuntimeError("importing the VMM started a thread; the launcher must stay single-threaded")
     gc.collect()

@@ -171,3 +171,18 @@ def test_join_existing_parent_only_when_it_exists(parent: str) -> None:
         sleeper.kill()
         sleeper.wait()
         cgroups.remove_dir(os.path.join(root, parent))
+
+
+def test_the_vm_that_made_a_shared_parent_ends_first_without_waiting_or_failing(parent: str) -> None:
+    """Two VMs under one parent: the first made it, and ends while the second's cgroup is inside."""
+    hierarchy = _v1("pids")
+    first, second = contextlib.ExitStack(), contextlib.ExitStack()
+    with second:
+        with first:
+            cgroups.create(cgroups.plan(1, parent, "vm-1", (("pids.max", "5"),)), first, 1)
+            cgroups.create(cgroups.plan(1, parent, "vm-2", (("pids.max", "5"),)), second, 1)
+        # the first's stack closed without an error, removing only its own cgroup
+        assert os.path.isdir(os.path.join(hierarchy, parent, "vm-2"))
+        assert not os.path.exists(os.path.join(hierarchy, parent, "vm-1"))
+    assert not os.path.exists(os.path.join(hierarchy, parent, "vm-2"))
+    os.rmdir(os.path.join(hierarchy, parent))  # nobody's to remove any more: the caller's (the launcher's registry)

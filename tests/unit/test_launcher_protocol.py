@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from firelet.launcher import procinfo, protocol
@@ -125,3 +125,41 @@ def test_proc_readings_of_this_process_and_of_a_gone_one() -> None:
     os.waitpid(pid, 0)
     assert procinfo.stat_times(pid) == (0.0, 0.0)
     assert procinfo.memory_kib(pid) == (0, 0)
+
+
+_JAIL_VALUES = st.one_of(st.none(), st.booleans(), st.integers(min_value=-2, max_value=1 << 33),
+                         st.sampled_from(["a/b", "..", "/srv/j", "j", "vm-1", "-", "x" * 65, "a\nb", "/a/../b",
+                                          "firelet/../..", "/", ""]),
+                         st.text(max_size=12),
+                         st.dictionaries(st.sampled_from(["pids.max", "memory.max", "pids", "../x.y", "fsize",
+                                                          "no-file", "a.b\n"]),
+                                         st.one_of(st.integers(min_value=-1, max_value=9), st.text(max_size=4)),
+                                         max_size=3))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@given(st.dictionaries(st.sampled_from(["uid", "gid", "id", "chroot_base_dir", "netns", "new_pid_ns",
+                                        "cgroup_version", "cgroups", "parent_cgroup", "resource_limits", "extra"]),
+                       _JAIL_VALUES, max_size=8))
+@example({"uid": 1, "gid": 2, "chroot_base_dir": "/srv/j", "parent_cgroup": "a/b", "cgroups": {"pids.max": "9"}})
+@example({"uid": 1, "gid": 2, "parent_cgroup": "a/../b"})
+def test_any_jail_is_refused_in_one_line_or_stays_under_its_base(jail: dict[str, object]) -> None:
+    """Hostile jail options: a refusal, or a jail whose root and cgroup cannot leave their base."""
+    from firelet.jailer import layout
+    from firelet.launcher.jail import EXEC_NAME, spec_for
+
+    line = json.dumps({"op": "launch", "id": "vm-1", "argv": [], "jail": jail}).encode()
+    try:
+        request = protocol.decode_request(line)
+    except protocol.ProtocolError as exc:
+        assert str(exc).startswith("launch") and "\n" not in " ".join(str(exc).split())
+        return
+    assert isinstance(request, protocol.Launch) and request.jail is not None
+    spec = spec_for(request.id, request.jail)
+    root = layout.jail_for(spec.chroot_base_dir, EXEC_NAME, spec.id).root
+    assert root == os.path.join(os.path.abspath(spec.chroot_base_dir), EXEC_NAME, spec.id, "root")
+    assert ".." not in spec.id.split("/") and "/" not in spec.id
+    assert ".." not in spec.parent_cgroup_path.split("/") and not spec.parent_cgroup_path.startswith("/")
+    assert 0 <= spec.uid <= protocol.MAX_ID and 0 <= spec.gid <= protocol.MAX_ID
+    assert spec.cgroup_version in (1, 2)
+    assert all("/" not in name and "\n" not in value for name, value in spec.cgroups)
