@@ -174,6 +174,20 @@ def pytest_runtest_makereport(item, call):
         pytest.exit(f"the rig corrupted a guest vCPU in {item.nodeid}, not a firelet failure", returncode=125)
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """With FIRELET_TEST_RESULTS set, each test's outcome goes to that file as it ends.
+
+    A line per outcome: "passed <id>" for a passing call, "failed <id>" for any failing
+    phase. scripts/test shares the file's folder with the rig: when the rig itself fails
+    (status 125), the next session deselects the tests that already ended instead of
+    running the whole suite again, and a failure of an earlier session still counts.
+    """
+    path = os.environ.get("FIRELET_TEST_RESULTS")
+    if path and (report.failed or (report.when == "call" and report.passed)):
+        with open(path, "a") as f:
+            f.write(f"{report.outcome} {report.nodeid}\n")
+
+
 def have(tool: str) -> bool:
     return shutil.which(tool) is not None
 

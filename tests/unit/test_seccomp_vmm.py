@@ -209,7 +209,7 @@ def test_a_confined_vmm_attaches_a_tap_at_the_put_and_at_the_start(tmp_path: Pat
         pytest.fail("this test makes a network namespace and a TAP: run it as root with /dev/net/tun", pytrace=False)
     name = f"flsc{os.getpid() % 100000}"
     kernel, sock = tmp_path / "vmlinux", tmp_path / "api.sock"
-    kernel.write_bytes(_elf(bytes.fromhex("f4ebfd"), pvh_offset=None))  # hlt; jmp hlt
+    kernel.write_bytes(elf(bytes.fromhex("f4ebfd")))  # hlt; jmp hlt
     create_netns(name)
     try:
         links.create_tap("tap0", netns=name)
