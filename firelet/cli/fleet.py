@@ -22,6 +22,9 @@ def register(sub: Any) -> None:
     up.add_argument("--prefix", default="vm", help="ids are PREFIX-1, PREFIX-2, ... (default vm)")
     up.add_argument("--timeout", type=float, default=120.0, metavar="S",
                     help="how long each may take to start its VM (default 120)")
+    up.add_argument("--memory-check", action="store_true",
+                    help="refuse members whose whole guest RAM the host's available memory cannot hold "
+                         "(guest RAM is lazy: without this, members may add up to more than the host has)")
     up.set_defaults(func=run_up)
     ls = actions.add_parser("list", help="the microVMs: id, pid, state, uptime, CPU, memory")
     ls.set_defaults(func=run_list)
@@ -57,7 +60,7 @@ def run_up(args: argparse.Namespace) -> int:
 
     try:
         members = fleet.up(args.count, args.config, prefix=args.prefix, ready_timeout_s=args.timeout,
-                           progress=progress if tty else quiet_progress)
+                           progress=progress if tty else quiet_progress, memory_check=args.memory_check)
     finally:
         fleet.close()
     if tty:

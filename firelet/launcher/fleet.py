@@ -21,6 +21,7 @@ from typing import Any
 
 from firelet.errors import UsageError
 from firelet.launcher.client import Launcher, Records
+from firelet.launcher.memory import MemoryBudget, guest_mib
 from firelet.launcher.server import MAX_SOCKET_PATH, LauncherError
 
 #: Each member's files, inside ``DIR/<id>/``.
@@ -91,12 +92,23 @@ class Fleet:
 
     # -- up ---------------------------------------------------------------------------------
     def up(self, count: int, config_path: str | os.PathLike[str], *, prefix: str = "vm",
-           ready_timeout_s: float = READY_TIMEOUT_S, progress: Progress | None = None) -> list[Member]:
-        """Launch ``count`` microVMs from one config file; each member says its pid or its error."""
+           ready_timeout_s: float = READY_TIMEOUT_S, progress: Progress | None = None,
+           memory_check: bool = False, available_mib: int | None = None) -> list[Member]:
+        """Launch ``count`` microVMs from one config file; each member says its pid or its error.
+
+        Guest RAM is lazy, so members may add up to more than the host holds. With
+        ``memory_check``, a member whose whole guest RAM would not fit in the memory left
+        (firelet.launcher.memory; ``available_mib`` stands for the host's MemAvailable) is
+        refused by its id and not launched.
+        """
         if count < 1:
             raise UsageError("fleet up: give a number of microVMs, 1 or more")
         config = _read_config(Path(config_path))
-        taken = {vm["id"] for vm in self.launcher.list()}
+        records = self.launcher.list()
+        taken = {vm["id"] for vm in records}
+        budget = None if not memory_check else MemoryBudget.measure(
+            ((self._guest_mib(vm["id"]), int(vm.get("rss_kib") or 0)) for vm in records if vm["state"] == "running"),
+            available_mib)
         ids: list[str] = []
         k = 1
         while len(ids) < count:
@@ -105,6 +117,9 @@ class Fleet:
             k += 1
         members = [Member(vm_id, self.dir / vm_id) for vm_id in ids]
         for member in members:
+            if budget is not None and (refused := budget.admit(member.id, guest_mib(config))):
+                member.error = refused
+                continue
             try:
                 argv = self._prepare(member, config)
                 member.pid = self.launcher.launch(member.id, argv, stdout=str(member.dir / CONSOLE),
@@ -118,6 +133,13 @@ class Fleet:
             if member.error is not None:
                 tidy(member.dir)
         return members
+
+    def _guest_mib(self, vm_id: str) -> int:
+        """A running member's guest RAM, from the config the fleet wrote for it (0 if not one of ours)."""
+        try:
+            return guest_mib(json.loads((self.dir / vm_id / CONFIG).read_bytes()))
+        except (OSError, ValueError, AttributeError):
+            return 0
 
     def _prepare(self, member: Member, config: dict[str, Any]) -> list[str]:
         if member.dir.exists():  # left by an earlier fleet's member of the same id, which has ended
