@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
     # tooling (guest images, the nested rig). They may use the runtime; the runtime never imports them.
     ("firelet.jailer", "firelet.hostnet", "firelet.devtools"),
     # firelet-vmm's own command: the program the launcher's children run (they call its main).
-    ("firelet.cli.vmm", "firelet.cli.lean"),
+    ("firelet.cli.vmm", "firelet.cli.vmm_setup", "firelet.cli.lean"),
     # The warm launcher and the fleet: fork VMMs from a warm parent. The VMM never imports them.
     ("firelet.launcher",),
     ("firelet.cli", "firelet.__main__"),  # the commands
