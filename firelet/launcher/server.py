@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from firelet.errors import FireletError
-from firelet.launcher import protocol
+from firelet.launcher import oom, protocol
 from firelet.launcher.children import Child, Children
 from firelet.launcher.jail import Jailed
 from firelet.log import get_logger
@@ -77,7 +77,7 @@ class _Conn:
 class LauncherServer:
     """Listens on ``path`` and runs until SIGTERM/SIGINT/SIGHUP or a ``shutdown`` request."""
 
-    def __init__(self, path: str, *, grace_s: float = 5.0) -> None:
+    def __init__(self, path: str, *, grace_s: float = 5.0, child_oom_adj: int | None = None) -> None:
         self.path = path
         self.grace_s = grace_s
         self.children = Children()
@@ -90,6 +90,7 @@ class LauncherServer:
         self._closing = False
         self._leave_running = False
         self._stop_signal: int | None = None
+        self._child_oom_adj = child_oom_adj  # each child's, when the launcher lowered its own (oom.py)
 
     # -- start and stop ---------------------------------------------------------------------
     def bind(self) -> None:
@@ -173,6 +174,8 @@ class LauncherServer:
         self._sel.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        if self._child_oom_adj is not None:
+            oom.restore(self._child_oom_adj)
 
     # -- the loop's events ------------------------------------------------------------------
     def _next_timeout(self) -> float:
@@ -418,7 +421,7 @@ def serve(path: str, *, grace_s: float = 5.0, warm: bool = True) -> int:
         from firelet.launcher.warm import warm_up
 
         warm_up()
-    server = LauncherServer(path, grace_s=grace_s)
+    server = LauncherServer(path, grace_s=grace_s, child_oom_adj=oom.protect_launcher())
     server.bind()
     print(f"firelet launcher: listening on {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
     return server.serve()

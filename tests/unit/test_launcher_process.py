@@ -230,3 +230,33 @@ def test_a_shutdown_asked_to_leave_the_vmms_running_says_so(launcher: Launcher, 
     finally:
         os.kill(pid, signal.SIGTERM)
     assert ended(pid)  # reparented: init reaps it
+
+
+def test_an_oom_ends_a_vmm_before_the_launcher(launcher: Launcher, workdir: Path) -> None:
+    """With CAP_SYS_RESOURCE the launcher lowers its OOM score adjustment and each child goes back
+    to the original; without it (a container's root, as on this project's machines) nothing changes."""
+    assert launcher.process is not None
+    from firelet.launcher.oom import LAUNCHER_OOM_SCORE_ADJ
+
+    original = int(Path("/proc/self/oom_score_adj").read_text())
+    may_lower = bool(int(next(line for line in Path("/proc/self/status").read_text().splitlines()
+                              if line.startswith("CapEff:")).split()[1], 16) & (1 << 24))  # CAP_SYS_RESOURCE
+    pid = launcher.launch("vm-oom", _api_argv(workdir, "vm-oom"))
+    _wait_api(workdir / "vm-oom.sock")
+    expected = min(original, LAUNCHER_OOM_SCORE_ADJ) if may_lower else original
+    assert int(Path(f"/proc/{launcher.process.pid}/oom_score_adj").read_text()) == expected
+    assert int(Path(f"/proc/{pid}/oom_score_adj").read_text()) == original
+
+
+def test_the_launchers_adjustment_is_lowered_and_a_childs_restored(tmp_path: Path) -> None:
+    from firelet.launcher import oom
+
+    path = tmp_path / "oom_score_adj"
+    path.write_text("100\n")
+    assert oom.protect_launcher(str(path)) == 100
+    assert path.read_text() == str(oom.LAUNCHER_OOM_SCORE_ADJ)
+    oom.restore(100, str(path))
+    assert path.read_text() == "100"
+    path.write_text("-800\n")  # already lower: kept
+    assert oom.protect_launcher(str(path)) == -800 and path.read_text() == "-800"
+    assert oom.protect_launcher(str(tmp_path / "missing")) is None
