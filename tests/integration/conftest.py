@@ -125,13 +125,19 @@ def read_file_in_image(image: Path, path: str) -> str:
 
 
 def firelet_cli(*args: str, timeout: float = BOOT_TIMEOUT_S) -> subprocess.CompletedProcess[str]:
-    """Run the `firelet` command as a user would; stdin is not a terminal.
+    """Run the `firelet` command as a user would; stdin is not a terminal."""
+    return run_reported([sys.executable, "-m", "firelet", *args], timeout=timeout)
+
+
+def run_reported(argv: list[str], *, timeout: float = BOOT_TIMEOUT_S,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a firelet command (firelet, firelet-vmm, within `ip netns exec` or not) to its end.
 
     If it does not end in time, its threads' stacks and vCPUs' registers (SIGUSR2,
     firelet.cli.lean) and the console's tail go into the failure.
     """
-    proc = subprocess.Popen([sys.executable, "-m", "firelet", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL, env=env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -142,9 +148,9 @@ def firelet_cli(*args: str, timeout: float = BOOT_TIMEOUT_S) -> subprocess.Compl
             proc.kill()
             out, err = proc.communicate()
         exit_if_the_rig_corrupted_a_vcpu(err)
-        raise AssertionError(f"firelet {' '.join(args[:1])} did not end within {timeout} s; "
+        raise AssertionError(f"{' '.join(argv[:6])} did not end within {timeout} s; "
                              f"console tail:\n{out[-3000:]}\nstderr (thread stacks):\n{err[-6000:]}") from None
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
 def exit_if_the_rig_corrupted_a_vcpu(report: str) -> None:

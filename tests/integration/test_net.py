@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ from firelet.devtools.images import guest_cmdline_for
 from firelet.hostnet.netns import rtnl
 
 import netns
-from conftest import BOOT_TIMEOUT_S, api_ok, exit_if_the_rig_corrupted_a_vcpu
+from conftest import BOOT_TIMEOUT_S, api_ok, run_reported
 from netns import GuestNetns, GuestTap
 
 guest_netns = netns.guest_netns  # the fixture: pytest finds it in this module under its name
@@ -120,21 +119,7 @@ def _report(what: str, transfer: Transfer, seconds: tuple[float, float]) -> None
 
 
 def _run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL, env=_env())
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGUSR2)  # thread stacks and vCPU registers (firelet.cli.lean)
-        try:
-            out, err = proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-        exit_if_the_rig_corrupted_a_vcpu(err)
-        raise AssertionError(f"{argv[3:6]} did not end within {timeout} s; console:\n{out[-3000:]}\n"
-                             f"stderr:\n{err[-4000:]}") from None
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    return run_reported(argv, timeout=timeout, env=_env())
 
 
 def test_firelet_run_with_two_interfaces_moves_checksummed_tcp_each_way(kernel, rootfs: Path,

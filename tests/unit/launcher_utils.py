@@ -9,6 +9,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from firelet.launcher.client import Launcher
+
 
 def short_workdir() -> Iterator[Path]:
     """For a fixture: a fresh directory under /tmp, removed afterwards. Short, as Unix socket
@@ -30,3 +32,13 @@ def ended(pid: int, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def running_launcher(workdir: Path) -> Iterator[Launcher]:
+    """For a fixture: a real launcher process on ``workdir/launcher.sock`` (log beside it), closed afterwards."""
+    started = Launcher.start(workdir / "launcher.sock", log_path=workdir / "launcher.log")
+    try:
+        yield started
+    finally:
+        if started.process is not None and started.process.poll() is None:
+            started.close()

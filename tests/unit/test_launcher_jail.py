@@ -23,7 +23,7 @@ from firelet.launcher.client import Launcher
 from firelet.launcher.server import LauncherError
 
 from api_fake_backend import call
-from launcher_utils import short_workdir
+from launcher_utils import running_launcher, short_workdir
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="jailing needs root")
 
@@ -37,12 +37,7 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture
 def launcher(workdir: Path) -> Iterator[Launcher]:
-    started = Launcher.start(workdir / "launcher.sock", log_path=workdir / "launcher.log")
-    try:
-        yield started
-    finally:
-        if started.process is not None and started.process.poll() is None:
-            started.close()
+    yield from running_launcher(workdir)
 
 
 @pytest.fixture

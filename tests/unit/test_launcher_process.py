@@ -18,7 +18,7 @@ from firelet.launcher.client import Launcher
 from firelet.launcher.server import LauncherError
 
 from api_fake_backend import call
-from launcher_utils import ended, short_workdir
+from launcher_utils import ended, running_launcher, short_workdir
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,12 +30,7 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture
 def launcher(workdir: Path) -> Iterator[Launcher]:
-    started = Launcher.start(workdir / "launcher.sock", log_path=workdir / "launcher.log")
-    try:
-        yield started
-    finally:
-        if started.process is not None and started.process.poll() is None:
-            started.close()
+    yield from running_launcher(workdir)
 
 
 def _api_argv(workdir: Path, vm_id: str) -> list[str]:
