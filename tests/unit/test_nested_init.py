@@ -113,9 +113,3 @@ def test_the_kvm_keeper_starts_before_the_command_and_holds_its_vm() -> None:
     compile(KVM_KEEPER, "<keeper>", "exec")  # a syntax error would only show inside the rig
     # The parent returns once the VM exists (init waits for it); the child holds the fds.
     assert "os.fork() == 0" in KVM_KEEPER and "signal.pause()" in KVM_KEEPER
-
-
-def test_init_turns_transparent_huge_pages_off_before_the_command_runs() -> None:
-    """Guest RAM on THP let nested guests read stale ring memory in the rig (init_script's comment)."""
-    text = init_script(_spec())
-    assert text.index("echo never > $thp") < text.index("setsid -c env -i chroot")

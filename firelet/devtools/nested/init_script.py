@@ -128,11 +128,6 @@ def init_script(spec: RunSpec) -> str:
         "mount -t proc proc /proc",
         "mount -t sysfs sys /sys",
         "mount -t devtmpfs dev /dev",
-        # No transparent huge pages in the outer kernel: with guest RAM on THP (firelet asks for it
-        # with MADV_HUGEPAGE) a nested guest now and then read stale ring memory under QEMU's
-        # emulated SVM (virtio-net's "output.0:id 0 is not a head!" in 2 of 2 8 MiB exchanges, none
-        # in 4 without THP; docs/testing.md). Guest RAM is then in 4 KiB pages, as with THP "never".
-        "thp=/sys/kernel/mm/transparent_hugepage/enabled; [ -w $thp ] && echo never > $thp",
         # A real tty (not /dev/console) so that the command can own it as its controlling tty.
         "exec </dev/ttyS0 >/dev/ttyS0 2>&1",
     ]
