@@ -251,7 +251,8 @@ def measure(args: argparse.Namespace, vmlinux: Path, rootfs_template: Path) -> d
 
     vhost_missing = vhostnet.load(args.vhost_modules, args.vhost_note)
     guest = GuestSettings.for_tap(HOST_ADDRESS)
-    cmdline = (f"{rigrun.BASE_CMDLINE} {guest.boot_arg()} "
+    # quiet: the kernel's boot log stays off the serial console, which costs an exit per byte in the rig.
+    cmdline = (f"{rigrun.BASE_CMDLINE} quiet {guest.boot_arg()} "
                f"{guest_cmdline_for(guest_command(args.mib, args.boot_timeout / 3))}")
     netns, tap = make_netns()
     try:
@@ -306,7 +307,7 @@ def main(argv: list[str]) -> int:
     vmlinux, rootfs = rigrun.guest_images(args)
     report = {
         **rigrun.where(why),
-        "guest": (f"{vmlinux.name} + ext4 root, 256 MiB, 1 vCPU, one virtio-net interface on a TAP; "
+        "guest": (f"{vmlinux.name} + ext4 root, 256 MiB, 1 vCPU, kernel log off, one virtio-net interface on a TAP; "
                   f"{args.mib} MiB of TCP each way (busybox dd + nc in the guest, Python on the host)"),
         "runs": args.runs,
         "results": measure(args, vmlinux, rootfs),
