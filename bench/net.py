@@ -122,6 +122,7 @@ class HostEnd:
     up: Span = field(default_factory=Span)
     down: Span = field(default_factory=Span)
     error: str = ""
+    vhost_workers: int = 0  # vhost-PID kernel threads seen as the first stream began
     listeners: dict[int, socket.socket] = field(default_factory=dict)
 
     def listen(self, netns: str) -> None:
@@ -157,6 +158,7 @@ class HostEnd:
         with conn:
             conn.settimeout(self.timeout)
             start = self._sample()
+            self.vhost_workers = len(_vhost_workers(self.pid))
             while data := conn.recv(CHUNK):
                 self.up.nbytes += len(data)
             self._close_span(self.up, start)
@@ -235,7 +237,7 @@ def run_once(launcher: Launcher, boot: BootInputs, netns: str, args: argparse.Na
     if host.error or said.get("UP") != size or said.get("DOWN") != size or server.is_alive():
         why = host.error or f"guest saw up={said.get('UP')} down={said.get('DOWN')} of {size} bytes"
         return {"error": why, "console_tail": console.strip().splitlines()[-8:]}
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"vhost_workers": host.vhost_workers}
     for name, span in (("up", host.up), ("down", host.down)):
         gb = span.nbytes / 1e9
         result[f"{name}_MBps"] = span.nbytes / 1e6 / span.seconds
