@@ -274,7 +274,7 @@ def measure(args: argparse.Namespace, vmlinux: Path, rootfs_template: Path) -> d
 
 def _num(value: float) -> str:
     """Three significant digits without exponents (the rig's figures span 0.1 to 10^4)."""
-    return f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}"
+    return f"{value:.0f}" if abs(value) >= 100 else f"{value:#.3g}"
 
 
 def _cell(s: dict[str, float] | None, refs: list[dict[str, float] | None]) -> str:
