@@ -28,6 +28,8 @@ class BootInputs:
     vcpus: int = 1
     #: Extra raw images, attached read-write after the root one (bench/disk.py's data drive).
     drives: tuple[Path, ...] = ()
+    #: One network interface, (host TAP name, guest MAC), virtio-net over virtio-mmio (bench/net.py).
+    net: tuple[str, str] | None = None
 
 
 class Launcher:
@@ -66,8 +68,18 @@ class QemuMicrovm(Launcher):
     name = "qemu-microvm"
     binary = "qemu-system-x86_64"
 
+    def __init__(self, *, vhost: bool = False) -> None:
+        #: Whether a network interface moves its packets in the host kernel (vhost-net) or in QEMU.
+        self.vhost = vhost
+        if vhost:
+            self.name = "qemu-microvm vhost=on"
+
     def available(self) -> str | None:
-        return None if shutil.which(self.binary) else f"{self.binary} is missing (apt-get install qemu-system-x86)"
+        if not shutil.which(self.binary):
+            return f"{self.binary} is missing (apt-get install qemu-system-x86)"
+        if self.vhost and not Path("/dev/vhost-net").exists():
+            return "no /dev/vhost-net (modprobe vhost_net)"
+        return None
 
     def argv(self, boot: BootInputs) -> list[str]:
         return [
@@ -85,8 +97,17 @@ class QemuMicrovm(Launcher):
             "-device", "virtio-blk-device,drive=root",
             *[arg for i, path in enumerate(boot.drives) for arg in (
                 "-drive", f"id=data{i},file={path},format=raw,if=none", "-device", f"virtio-blk-device,drive=data{i}")],
+            *self._net_args(boot),
             "-no-reboot",
         ]
+
+    def _net_args(self, boot: BootInputs) -> list[str]:
+        if boot.net is None:
+            return []
+        tap, mac = boot.net
+        vhost = "on" if self.vhost else "off"
+        return ["-netdev", f"tap,id=net0,ifname={tap},script=no,downscript=no,vhost={vhost}",
+                "-device", f"virtio-net-device,netdev=net0,mac={mac}"]
 
 
     def kernel_cmdline(self, base: str) -> str:
@@ -112,6 +133,7 @@ class Firelet(Launcher):
             "--cmdline", self.kernel_cmdline(boot.cmdline),
             "--vcpus", str(boot.vcpus), "--mem", str(boot.mem_mib),
             *[arg for i, path in enumerate(boot.drives) for arg in ("--drive", f"id=data{i},path={path}")],
+            *(["--net", f"tap={boot.net[0]},mac={boot.net[1]}"] if boot.net is not None else []),
         ]
 
 

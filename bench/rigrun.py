@@ -117,13 +117,14 @@ def stats(values: list[float]) -> dict[str, float] | None:
 OneRun = Callable[[Launcher, Path, Path], dict[str, Any]]
 
 
-def measure_each(runs: int, rootfs_template: Path, one_run: OneRun, figures: tuple[str, ...]) -> dict[str, Any]:
-    """Each VMM of LAUNCHERS ``runs`` times: per VMM its ``runs`` and the :func:`stats` of each of
-    ``figures`` over the runs without an error, or why it is ``unavailable`` here."""
+def measure_each(runs: int, rootfs_template: Path, one_run: OneRun, figures: tuple[str, ...],
+                 launchers: list[Launcher] | None = None) -> dict[str, Any]:
+    """Each VMM of ``launchers`` (default LAUNCHERS) ``runs`` times: per VMM its ``runs`` and the
+    :func:`stats` of each of ``figures`` over the runs without an error, or why it is ``unavailable`` here."""
     from firelet.devtools.images import copy_rootfs
 
     results: dict[str, Any] = {}
-    for launcher in LAUNCHERS:
+    for launcher in LAUNCHERS if launchers is None else launchers:
         why_not = launcher.available()
         if why_not:
             results[launcher.name] = {"unavailable": why_not}

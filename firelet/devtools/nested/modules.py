@@ -12,8 +12,9 @@ from firelet.errors import FireletError
 
 # What the rig needs to reach the host root and offer /dev/kvm, /dev/net/tun.
 REQUIRED_MODULES: tuple[str, ...] = ("virtio_pci", "9pnet_virtio", "9p", "kvm", "kvm_amd", "tun")
-# Cheap extras later tests use (bridges, veth pairs for netns, loop devices, overlayfs).
-OPTIONAL_MODULES: tuple[str, ...] = ("bridge", "veth", "loop", "overlay")
+# Cheap extras later tests use (bridges, veth pairs for netns, loop devices, overlayfs, and
+# vhost-net for bench/net.py's QEMU vhost=on row: ~240 KiB with vhost, vhost_iotlb and tap).
+OPTIONAL_MODULES: tuple[str, ...] = ("bridge", "veth", "loop", "overlay", "vhost_net")
 
 
 class ModuleResolveError(FireletError):
