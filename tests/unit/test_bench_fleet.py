@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
-import fleet
+import fleet  # bench/ is no package: its scripts are imported from the path above
 
 from launchers import BootInputs
 
