@@ -143,16 +143,9 @@ def main(argv: list[str]) -> int:
     if not here:
         return rigrun.rerun_in_rig(__file__, argv, args, why, boots=args.runs * len(LAUNCHERS))
     vmlinux, rootfs = rigrun.guest_images(args)
-    report = {
-        **rigrun.where(why),
-        "guest": (f"{vmlinux.name} + ext4 root, 128 MiB, 1 vCPU, command {args.guest_cmd!r}, "
-                  f"kernel log {'off (quiet)' if args.quiet else 'on the serial console'}"),
-        "runs": args.runs,
-        "results": measure(args, vmlinux, rootfs),
-    }
-    print(render(report))
-    rigrun.write_json(args.json, report)
-    return 0
+    guest = (f"{vmlinux.name} + ext4 root, 128 MiB, 1 vCPU, command {args.guest_cmd!r}, "
+             f"kernel log {'off (quiet)' if args.quiet else 'on the serial console'}")
+    return rigrun.publish(args, why, guest, measure(args, vmlinux, rootfs), render)
 
 
 if __name__ == "__main__":

@@ -135,16 +135,9 @@ def main(argv: list[str]) -> int:
                                    extra=("--probe", str(build_probe())))
     vmlinux, rootfs = rigrun.guest_images(args)
     probe = args.probe if args.probe is not None else build_probe()
-    report = {
-        **rigrun.where(why),
-        "guest": (f"{vmlinux.name} + ext4 root, 256 MiB, 1 vCPU, a raw data drive; {args.mib} MiB sequential "
-                  f"(1 MiB O_DIRECT), {args.seconds:g} s of 4 KiB O_DIRECT random reads"),
-        "runs": args.runs,
-        "results": measure(args, vmlinux, rootfs, probe),
-    }
-    print(render(report))
-    rigrun.write_json(args.json, report)
-    return 0
+    guest = (f"{vmlinux.name} + ext4 root, 256 MiB, 1 vCPU, a raw data drive; {args.mib} MiB sequential "
+             f"(1 MiB O_DIRECT), {args.seconds:g} s of 4 KiB O_DIRECT random reads")
+    return rigrun.publish(args, why, guest, measure(args, vmlinux, rootfs, probe), render)
 
 
 if __name__ == "__main__":

@@ -313,16 +313,9 @@ def main(argv: list[str]) -> int:
         print("bench: error: bench/net.py makes a network namespace and a TAP: run it as root", file=sys.stderr)
         return 1
     vmlinux, rootfs = rigrun.guest_images(args)
-    report = {
-        **rigrun.where(why),
-        "guest": (f"{vmlinux.name} + ext4 root, 256 MiB, 1 vCPU, kernel log off, one virtio-net interface on a TAP; "
-                  f"{args.mib} MiB of TCP each way (busybox dd + nc in the guest, Python on the host)"),
-        "runs": args.runs,
-        "results": measure(args, vmlinux, rootfs),
-    }
-    print(render(report))
-    rigrun.write_json(args.json, report)
-    return 0
+    guest = (f"{vmlinux.name} + ext4 root, 256 MiB, 1 vCPU, kernel log off, one virtio-net interface on a TAP; "
+             f"{args.mib} MiB of TCP each way (busybox dd + nc in the guest, Python on the host)")
+    return rigrun.publish(args, why, guest, measure(args, vmlinux, rootfs), render)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,16 @@ def write_json(out: Path | None, report: dict[str, object]) -> None:
         out.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
+def publish(args: argparse.Namespace, why: str, guest: str, results: object,
+            render: Callable[[dict[str, object]], str]) -> int:
+    """What every rig bench ends with: the report (where it ran, the guest, the runs, the results)
+    printed as markdown and, with --json, written whole."""
+    report: dict[str, object] = {**where(why), "guest": guest, "runs": args.runs, "results": results}
+    print(render(report))
+    write_json(args.json, report)
+    return 0
+
+
 def run(main: Callable[[list[str]], int]) -> NoReturn:
     """Exit with ``main``'s status; a firelet error as one line and its exit code."""
     try:
