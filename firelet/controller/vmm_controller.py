@@ -104,12 +104,17 @@ class VmmController:
             raise BackendError("the microVM has no i8042 keyboard controller to send Ctrl-Alt-Del to")
         i8042.trigger_ctrl_alt_del()
 
-    def update_drive(self, drive_id: str, path_on_host: str) -> None:
+    def _drive(self, drive_id: str) -> Any:
+        """The running VM's virtio-blk device for ``drive_id``, or the API's 400."""
         from firelet.devices.virtio.block import Block
 
         device = self._vmm().devices.get(Block, drive_id)
         if device is None:
             raise BackendError(f"no drive with drive_id {drive_id!r}")
+        return device
+
+    def update_drive(self, drive_id: str, path_on_host: str) -> None:
+        device = self._drive(drive_id)
         try:
             device.update_backing_file(path_on_host)
         except OSError as exc:
@@ -117,11 +122,7 @@ class VmmController:
 
     def update_drive_rate_limiter(self, drive_id: str, rate_limiter: Any) -> None:
         """Replace a drive's buckets live (on the event loop, the thread its queue is served on)."""
-        from firelet.devices.virtio.block import Block
-
-        device = self._vmm().devices.get(Block, drive_id)
-        if device is None:
-            raise BackendError(f"no drive with drive_id {drive_id!r}")
+        device = self._drive(drive_id)
         try:
             device.update_rate_limiter(rate_limiter)
         except ValueError as exc:
