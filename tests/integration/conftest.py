@@ -116,6 +116,39 @@ def read_until(fd: int, needle: bytes, timeout: float) -> bytes:
     return seen
 
 
+def await_console(proc: subprocess.Popen, needle: bytes, timeout: float = BOOT_TIMEOUT_S) -> bytes:
+    """Read a firelet process's console (its stdout pipe) until ``needle``; what was read.
+
+    If it does not show in time, the process's threads' stacks and vCPUs' registers
+    (SIGUSR2, firelet.cli.lean; its stderr must be a pipe) go into the failure, and a
+    vCPU state the rig corrupted ends the session with 125, as in ``run_reported``.
+    """
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        return read_until(proc.stdout.fileno(), needle, timeout)
+    except AssertionError as failure:
+        if proc.poll() is not None:
+            raise
+        proc.send_signal(signal.SIGUSR2)
+        report = _read_for(proc.stderr.fileno(), 15)  # the report pauses the vCPUs (up to 5 s)
+        exit_if_the_rig_corrupted_a_vcpu(report)
+        raise AssertionError(f"{failure}\nstderr (thread stacks):\n{report[-6000:]}") from None
+
+
+def _read_for(fd: int, seconds: float) -> str:
+    """What ``fd`` gives within ``seconds`` (or until its end)."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if not select.select([fd], [], [], left)[0]:
+            break
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        seen += chunk
+    return seen.decode(errors="replace")
+
+
 def read_file_in_image(image: Path, path: str) -> str:
     """Read a file from an ext4 image without mounting it (debugfs)."""
     out = subprocess.run(

@@ -32,7 +32,7 @@ from firelet.devtools.aliases import write_alias
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import READY_MARKER, guest_cmdline_for
 
-from conftest import BOOT_TIMEOUT_S, read_until
+from conftest import BOOT_TIMEOUT_S, await_console
 
 SPECS = Path(os.environ.get("FIRELET_FIRECRACKER_SPECS", repo_root().parent / "shared" / "specs" / "firecracker"))
 VM_CONFIG = SPECS / "tests" / "framework" / "vm_config.json"
@@ -64,8 +64,7 @@ def _boot_to_ready_then_stop(argv: list[str], cwd: Path | None = None) -> tuple[
     proc = subprocess.Popen(argv, env=_env(), cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
     try:
-        assert proc.stdout is not None
-        seen = read_until(proc.stdout.fileno(), READY_MARKER.encode(), BOOT_TIMEOUT_S)
+        seen = await_console(proc, READY_MARKER.encode())
         proc.send_signal(signal.SIGTERM)
         rest, err = proc.communicate(timeout=60)
         return (seen + rest).decode(errors="replace").replace("\r", ""), proc.returncode, err.decode()
@@ -216,8 +215,7 @@ def test_2m_huge_pages_back_the_guest_once_the_host_reserves_them(kernel, rootfs
         proc = subprocess.Popen([sys.executable, "-m", "firelet.cli.vmm", "--no-api", "--config-file", str(config)],
                                 env=_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            assert proc.stdout is not None
-            read_until(proc.stdout.fileno(), READY_MARKER.encode(), BOOT_TIMEOUT_S)
+            await_console(proc, READY_MARKER.encode())
             claimed = base - _huge_pages_unclaimed()  # used or reserved by the running VMM
             out, err = proc.communicate(timeout=BOOT_TIMEOUT_S)
         finally:

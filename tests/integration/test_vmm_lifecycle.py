@@ -11,7 +11,7 @@ import sys
 import termios
 from pathlib import Path
 
-from conftest import BOOT_TIMEOUT_S, read_file_in_image, read_until
+from conftest import BOOT_TIMEOUT_S, await_console, read_file_in_image, read_until
 
 
 def test_sigterm_stops_the_vm_cleanly_and_keeps_written_data(kernel, rootfs: Path) -> None:
@@ -21,7 +21,7 @@ def test_sigterm_stops_the_vm_cleanly_and_keeps_written_data(kernel, rootfs: Pat
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )
     try:
-        read_until(proc.stdout.fileno(), b"guest-is-up", BOOT_TIMEOUT_S)
+        await_console(proc, b"guest-is-up")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0  # stopped by the host: a clean end
         assert b"Traceback" not in proc.stderr.read()
@@ -60,7 +60,7 @@ def test_sigusr2_reports_thread_stacks_and_vcpu_registers_and_the_guest_runs_on(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
     )
     try:
-        read_until(proc.stdout.fileno(), b"guest-is-up", BOOT_TIMEOUT_S)
+        await_console(proc, b"guest-is-up")
         proc.send_signal(signal.SIGUSR2)
         report = read_until(proc.stderr.fileno(), b"firelet: vCPU 0: rip=", 60)
         assert b"most recent call first" in report  # every thread's stack came first
