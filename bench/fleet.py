@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from firelet.launcher import procinfo
 
 import rigrun
-from launchers import BootInputs, QemuMicrovm
+from launchers import BootInputs, QemuMicrovm, firelet_vmm_command
 
 REPO = Path(__file__).resolve().parent.parent
 KINDS = ("qemu", "warm", "cold")
@@ -162,6 +162,10 @@ class Vm:
         return self.text.strip().splitlines()[-6:]
 
 
+#: How often a batch that is still booting says how far it got.
+PROGRESS_EVERY_S = 30.0
+
+
 def _ended(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -174,11 +178,6 @@ def _vmm_argv(vm: Vm, config: Path, work: Path) -> list[str]:
     """firelet-vmm's arguments, the same warm and cold (what `firelet fleet up` gives a member)."""
     return ["--api-sock", str(work / f"{vm.id}.sock"), "--config-file", str(config), "--id", vm.id,
             "--log-path", str(work / f"{vm.id}.log"), "--metrics-path", str(work / f"{vm.id}.metrics")]
-
-
-def _firelet_vmm() -> list[str]:
-    script = Path(sys.executable).parent / "firelet-vmm"  # the console script pip installed
-    return [str(script)] if script.exists() else [sys.executable, "-m", "firelet.cli.vmm"]
 
 
 def _qemu_argv(boot: BootInputs) -> list[str]:
@@ -206,7 +205,7 @@ def run_batch(kind: str, args: argparse.Namespace, boot: BootInputs, config: Pat
                 vm.pid = launcher.launch(vm.id, _vmm_argv(vm, config, work), stdout=str(vm.console),
                                          stderr=str(work / f"{vm.id}.stderr"), cwd=str(work))
                 continue
-            argv = _qemu_argv(boot) if kind == "qemu" else [*_firelet_vmm(), *_vmm_argv(vm, config, work)]
+            argv = _qemu_argv(boot) if kind == "qemu" else [*firelet_vmm_command(), *_vmm_argv(vm, config, work)]
             with vm.console.open("wb") as out:
                 vm.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                            cwd=work)
@@ -248,7 +247,11 @@ def _wait_answers(vms: list[Vm], t0: float, timeout: float) -> None:
     """Until every console shows the answer (or its VMM ended, or the time is up)."""
     deadline = t0 + timeout
     waiting = list(vms)
+    next_progress = t0 + PROGRESS_EVERY_S
     while waiting and time.monotonic() < deadline:
+        if time.monotonic() >= next_progress:
+            next_progress += PROGRESS_EVERY_S
+            _progress(vms, waiting, t0)
         for vm in list(waiting):
             found = _ANSWER_RE.search(vm.read())
             if found is not None:
@@ -264,6 +267,15 @@ def _wait_answers(vms: list[Vm], t0: float, timeout: float) -> None:
         vm.record.update(error=f"no answer within {timeout:g} s", console_tail=vm.tail())
     print(f"# answered {sum(vm.answer_s is not None for vm in vms)}/{len(vms)} after "
           f"{time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+
+
+def _progress(vms: list[Vm], waiting: list[Vm], t0: float) -> None:
+    """One line on stderr: how many answered, the VMMs' CPU seconds so far and the host's load."""
+    cpu = " ".join(f"{procinfo.stat_times(vm.pid)[0]:.0f}" for vm in vms)
+    last = waiting[0].tail()[-1:] if waiting and waiting[0].read() else []
+    print(f"# {time.monotonic() - t0:.0f} s: answered {len(vms) - len(waiting)}/{len(vms)}; VMM CPU s {cpu}; "
+          f"load {os.getloadavg()[0]:.1f}; {waiting[0].id if waiting else ''}: {' '.join(last)[:100]}",
+          file=sys.stderr, flush=True)
 
 
 def _end(vms: list[Vm], signal_drive: Path, launcher: Any, timeout: float) -> float | None:

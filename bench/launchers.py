@@ -137,5 +137,11 @@ class Firelet(Launcher):
         ]
 
 
+def firelet_vmm_command() -> list[str]:
+    """``firelet-vmm`` beside this Python (the console script pip installed), or its module."""
+    script = Path(sys.executable).parent / "firelet-vmm"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "firelet.cli.vmm"]
+
+
 # In report order; the first is the reference for the ratios.
 LAUNCHERS: list[Launcher] = [QemuMicrovm(), Firelet()]

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any
 
+from firelet.jailer.flags import add_jail_flags
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("fleet", help="launch, list and stop many microVMs through a warm launcher",
@@ -25,6 +27,9 @@ def register(sub: Any) -> None:
     up.add_argument("--memory-check", action="store_true",
                     help="refuse members whose whole guest RAM the host's available memory cannot hold "
                          "(guest RAM is lazy: without this, members may add up to more than the host has)")
+    jail = up.add_argument_group("jail", "confine each microVM as firelet-jailer does (its flags; --uid and --gid "
+                                         "turn it on): the fleet lays each one's files in its jail's root")
+    add_jail_flags(jail, required=False, netns=False)
     up.set_defaults(func=run_up)
     ls = actions.add_parser("list", help="the microVMs: id, pid, state, uptime, CPU, memory")
     ls.set_defaults(func=run_list)
@@ -43,7 +48,24 @@ def _fleet(args: argparse.Namespace, *, start: bool = False) -> Any:
     return Fleet.open(args.dir, launcher_socket=args.launcher, start=start)
 
 
+def _jail(args: argparse.Namespace) -> dict[str, Any] | None:
+    from firelet.errors import UsageError
+    from firelet.jailer.flags import jail_options
+
+    if args.uid is None and args.gid is None:
+        others = [flag for flag, value in (("--new-pid-ns", args.new_pid_ns), ("--cgroup", args.cgroup),
+                                           ("--parent-cgroup", args.parent_cgroup),
+                                           ("--resource-limit", args.resource_limit)) if value]
+        if others:
+            raise UsageError(f"fleet up: {others[0]} confines the microVMs: give --uid and --gid too")
+        return None
+    if args.uid is None or args.gid is None:
+        raise UsageError("fleet up: a jail needs both --uid and --gid")
+    return jail_options(args)
+
+
 def run_up(args: argparse.Namespace) -> int:
+    jail = _jail(args)
     fleet = _fleet(args, start=True)
     tty = sys.stderr.isatty()
 
@@ -60,7 +82,8 @@ def run_up(args: argparse.Namespace) -> int:
 
     try:
         members = fleet.up(args.count, args.config, prefix=args.prefix, ready_timeout_s=args.timeout,
-                           progress=progress if tty else quiet_progress, memory_check=args.memory_check)
+                           progress=progress if tty else quiet_progress, memory_check=args.memory_check,
+                           jail=jail)
     finally:
         fleet.close()
     if tty:

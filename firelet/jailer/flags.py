@@ -91,12 +91,21 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="Arguments after -- are passed to the VMM.")
     p.add_argument("--id", required=True, help="unique VM id: letters, digits and '-', at most 64")
     p.add_argument("--exec-file", required=True, metavar="PATH", help="the VMM to run (e.g. firelet-vmm)")
-    p.add_argument("--uid", required=True, type=_uint(), help="user the VMM runs as")
-    p.add_argument("--gid", required=True, type=_uint(), help="group the VMM runs as")
+    add_jail_flags(p, required=True)
+    p.add_argument("--daemonize", action="store_true", help="setsid and send stdio to /dev/null")
+    p.add_argument("--version", action="version", version=f"firelet-jailer v{__version__}")
+    return p
+
+
+def add_jail_flags(p: argparse.ArgumentParser | argparse._ArgumentGroup, *, required: bool,
+                   netns: bool = True) -> None:
+    """The jail's own flags (not --id, --exec-file, --daemonize): firelet-jailer's and `fleet up`'s."""
+    p.add_argument("--uid", required=required, type=_uint(), help="user the VMM runs as")
+    p.add_argument("--gid", required=required, type=_uint(), help="group the VMM runs as")
     p.add_argument("--chroot-base-dir", default=DEFAULT_CHROOT_BASE, metavar="DIR",
                    help=f"where jails are built (default {DEFAULT_CHROOT_BASE})")
-    p.add_argument("--netns", metavar="PATH", help="network namespace to join, e.g. /var/run/netns/NAME")
-    p.add_argument("--daemonize", action="store_true", help="setsid and send stdio to /dev/null")
+    if netns:
+        p.add_argument("--netns", metavar="PATH", help="network namespace to join, e.g. /var/run/netns/NAME")
     p.add_argument("--new-pid-ns", action="store_true", help="run the VMM as PID 1 of a new PID namespace")
     p.add_argument("--cgroup-version", default="1", choices=["1", "2"], help="cgroup hierarchy to use (default 1)")
     p.add_argument("--cgroup", action="append", default=[], metavar="FILE=VALUE",
@@ -104,8 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parent-cgroup", metavar="PATH", help="cgroup under which <id> is made (default: exec name)")
     p.add_argument("--resource-limit", action="append", default=[], metavar="RESOURCE=VALUE",
                    help="fsize=BYTES or no-file=N (repeatable)")
-    p.add_argument("--version", action="version", version=f"firelet-jailer v{__version__}")
-    return p
+
+
+def jail_options(ns: argparse.Namespace) -> dict[str, object]:
+    """The parsed jail flags as a warm launch's ``jail`` (firelet.launcher.protocol.Jail), checked for form."""
+    options: dict[str, object] = {
+        "uid": ns.uid, "gid": ns.gid, "chroot_base_dir": os.path.abspath(ns.chroot_base_dir),
+        "new_pid_ns": ns.new_pid_ns, "cgroup_version": int(ns.cgroup_version),
+        "cgroups": dict(parse_cgroup(c) for c in ns.cgroup),
+        "resource_limits": dict(parse_resource_limit(r) for r in ns.resource_limit)}
+    if getattr(ns, "netns", None) is not None:
+        options["netns"] = ns.netns
+    if ns.parent_cgroup is not None:
+        options["parent_cgroup"] = _check_parent(ns.parent_cgroup)
+    return options
 
 
 def _uint() -> Callable[[str], int]:

@@ -9,6 +9,7 @@ full disk fails that member, reported by its id, and the others go on.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from firelet.errors import UsageError
+from firelet.jailer.flags import DEFAULT_CHROOT_BASE
 from firelet.launcher.client import Launcher, Records
 from firelet.launcher.memory import MemoryBudget, guest_mib
 from firelet.launcher.server import MAX_SOCKET_PATH, LauncherError
@@ -54,10 +56,11 @@ class Member:
     pid: int | None = None
     error: str | None = None
     ready: bool = False
+    root: Path | None = None  # the jail's root when jailed: its files and API socket are there
 
     @property
     def api_sock(self) -> Path:
-        return self.dir / API_SOCK
+        return (self.root or self.dir) / API_SOCK
 
 
 Progress = Callable[[int, int, int], None]  # (ready, failed, total)
@@ -93,8 +96,14 @@ class Fleet:
     # -- up ---------------------------------------------------------------------------------
     def up(self, count: int, config_path: str | os.PathLike[str], *, prefix: str = "vm",
            ready_timeout_s: float = READY_TIMEOUT_S, progress: Progress | None = None,
-           memory_check: bool = False, available_mib: int | None = None) -> list[Member]:
+           memory_check: bool = False, available_mib: int | None = None,
+           jail: dict[str, Any] | None = None) -> list[Member]:
         """Launch ``count`` microVMs from one config file; each member says its pid or its error.
+
+        ``jail`` confines each member as firelet-jailer would (a launch's ``jail``, e.g. from
+        :func:`firelet.jailer.flags.jail_options`; its ``id`` is the member's): the fleet lays
+        the member's files (config, kernel, drives, log, metrics) in the jail's root
+        ``<chroot_base_dir>/firelet-vmm/<id>/root`` and the VMM sees them there by in-jail paths.
 
         Guest RAM is lazy, so members may add up to more than the host holds. With
         ``memory_check``, a member whose whole guest RAM would not fit in the memory left
@@ -121,9 +130,11 @@ class Fleet:
                 member.error = refused
                 continue
             try:
-                argv = self._prepare(member, config)
+                argv = self._prepare(member, config, jail)
                 member.pid = self.launcher.launch(member.id, argv, stdout=str(member.dir / CONSOLE),
-                                                  stderr=str(member.dir / STDERR), cwd=os.getcwd())
+                                                  stderr=str(member.dir / STDERR),
+                                                  cwd="/" if jail else os.getcwd(),
+                                                  jail={**jail, "id": member.id} if jail else None)
             except OSError as exc:
                 member.error = f"{member.id}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
             except (LauncherError, UsageError) as exc:
@@ -136,39 +147,52 @@ class Fleet:
 
     def _guest_mib(self, vm_id: str) -> int:
         """A running member's guest RAM, from the config the fleet wrote for it (0 if not one of ours)."""
+        member_dir = self.dir / vm_id
         try:
-            return guest_mib(json.loads((self.dir / vm_id / CONFIG).read_bytes()))
+            where = Path(json.loads((member_dir / _JAIL_RECORD).read_text())["root"])  # jailed: the jail holds it
+        except (OSError, ValueError, KeyError, TypeError):
+            where = member_dir
+        try:
+            return guest_mib(json.loads((where / CONFIG).read_bytes()))
         except (OSError, ValueError, AttributeError):
             return 0
 
-    def _prepare(self, member: Member, config: dict[str, Any]) -> list[str]:
+    def _prepare(self, member: Member, config: dict[str, Any], jail: dict[str, Any] | None = None) -> list[str]:
+        """The member's directory and files, its config rewritten for it; firelet-vmm's arguments."""
         if member.dir.exists():  # left by an earlier fleet's member of the same id, which has ended
+            tidy(member.dir)
             shutil.rmtree(member.dir)
         member.dir.mkdir(parents=True, mode=0o700)
+        place = _Placement(member.dir) if jail is None else _JailPlacement(member, jail)
         if len(os.fsencode(member.api_sock)) > MAX_SOCKET_PATH:
             raise UsageError(f"API socket {member.api_sock}: longer than a Unix socket path may be; use a shorter "
-                             "--dir")
+                             f"{'--chroot-base-dir' if jail else '--dir'}")
         mine = json.loads(json.dumps(config))  # a deep copy
+        boot = mine.get("boot-source")
+        for key in ("kernel_image_path", "initrd_path"):
+            if isinstance(boot, dict) and isinstance(boot.get(key), str):
+                boot[key] = place.shared(boot[key], key.removesuffix("_path"))
         for index, drive in enumerate(mine.get("drives") or []):
-            if drive.get("path_on_host") and not drive.get("is_read_only"):
-                copy = member.dir / f"{_DRIVE_PREFIX}{index}{Path(drive['path_on_host']).suffix}"
-                try:
-                    sparse_copy(drive["path_on_host"], copy)
-                except OSError as exc:
-                    raise UsageError(f"drive {drive.get('drive_id')}: cannot copy {drive['path_on_host']} to "
-                                     f"{copy}: {exc.strerror or exc}") from None
-                drive["path_on_host"] = str(copy)
-        argv = ["--api-sock", str(member.api_sock), "--config-file", str(member.dir / CONFIG), "--id", member.id]
+            if not drive.get("path_on_host"):
+                continue
+            name = f"{_DRIVE_PREFIX}{index}{Path(drive['path_on_host']).suffix}"
+            try:
+                drive["path_on_host"] = (place.shared(drive["path_on_host"], name) if drive.get("is_read_only")
+                                         else place.private(drive["path_on_host"], name))
+            except OSError as exc:
+                raise UsageError(f"drive {drive.get('drive_id')}: cannot copy {drive['path_on_host']} to "
+                                 f"{member.dir if jail is None else member.root}: {exc.strerror or exc}") from None
+        argv = ["--api-sock", place.seen(API_SOCK), "--config-file", place.seen(CONFIG), "--id", member.id]
         for key, field, name, flag in (("logger", "log_path", LOG, "--log-path"),
                                        ("metrics", "metrics_path", METRICS, "--metrics-path")):
-            (member.dir / name).touch(mode=0o600)
+            path = place.writable(name)
             if isinstance(mine.get(key), dict):
-                mine[key][field] = str(member.dir / name)
+                mine[key][field] = path
             else:
-                argv += [flag, str(member.dir / name)]
+                argv += [flag, path]
         if isinstance(mine.get("serial"), dict) and mine["serial"].get("serial_out_path"):
-            mine["serial"]["serial_out_path"] = str(member.dir / CONSOLE)
-        (member.dir / CONFIG).write_text(json.dumps(mine, indent=1))
+            mine["serial"]["serial_out_path"] = place.writable(CONSOLE)
+        place.write(CONFIG, json.dumps(mine, indent=1))
         return argv
 
     def _wait_ready(self, members: list[Member], timeout_s: float, progress: Progress | None) -> None:
@@ -220,15 +244,149 @@ class Fleet:
         return self.launcher.shutdown()
 
 
+class _Placement:
+    """Where an unjailed member's files go: its own directory, paths as the host sees them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def seen(self, name: str) -> str:
+        """The path the VMM is given for the member's file ``name``."""
+        return str(self.dir / name)
+
+    def shared(self, source: str, name: str) -> str:
+        """A file the VMM only reads (kernel, read-only drive): used in place, shared by the members."""
+        return source
+
+    def private(self, source: str, name: str) -> str:
+        """A writable drive: the member's own sparse copy."""
+        sparse_copy(source, self.dir / name)
+        return self.seen(name)
+
+    def writable(self, name: str) -> str:
+        """An empty file the VMM writes (log, metrics, serial output)."""
+        (self.dir / name).touch(mode=0o600)
+        return self.seen(name)
+
+    def write(self, name: str, text: str) -> None:
+        (self.dir / name).write_text(text)
+
+
+class _JailPlacement(_Placement):
+    """A jailed member's files: in the jail's root, owned by its uid where written, seen as ``/<name>``.
+
+    What the fleet makes is written down (``DIR/<id>/jail.json``) so that :func:`tidy`
+    removes exactly that once the member ended, whichever command stops it.
+    """
+
+    def __init__(self, member: Member, jail: dict[str, Any]) -> None:
+        from firelet.jailer import layout
+        from firelet.launcher.jail import EXEC_NAME
+
+        root = Path(layout.jail_for(jail.get("chroot_base_dir") or DEFAULT_CHROOT_BASE, EXEC_NAME, member.id).root)
+        if root.exists():
+            raise UsageError(f"jail {root} exists: a microVM with this id runs there, or it was left behind; "
+                             "remove it or use another --prefix")
+        made = [p for p in [root, *root.parents] if not p.exists()]
+        for path in reversed(made):
+            path.mkdir(mode=0o755)
+        _write_record(member.dir, {"root": str(root), "made": [str(p) for p in made[:2]]})  # root, <id>
+        if made[2:]:  # <base>/firelet-vmm and up: shared by the members, the last one out removes them
+            shared = member.dir.parent / _SHARED_RECORD
+            known = json.loads(shared.read_text()) if shared.exists() else []
+            shared.write_text(json.dumps(known + [str(p) for p in made[2:]]))
+        super().__init__(root)
+        member.root = root
+        self.uid, self.gid = int(jail["uid"]), int(jail["gid"])
+
+    def seen(self, name: str) -> str:
+        return f"/{name}"
+
+    def shared(self, source: str, name: str) -> str:
+        """Hard-linked into the jail when the jailed user may read it and one filesystem holds both, else copied."""
+        target = self.dir / name
+        if os.stat(source).st_mode & 0o004:
+            try:
+                os.link(source, target)
+                return self.seen(name)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM):
+                    raise
+        sparse_copy(source, target)
+        os.chown(target, self.uid, self.gid)
+        return self.seen(name)
+
+    def private(self, source: str, name: str) -> str:
+        super().private(source, name)
+        os.chown(self.dir / name, self.uid, self.gid)
+        return self.seen(name)
+
+    def writable(self, name: str) -> str:
+        super().writable(name)
+        os.chown(self.dir / name, self.uid, self.gid)
+        return self.seen(name)
+
+    def write(self, name: str, text: str) -> None:
+        super().write(name, text)
+        os.chmod(self.dir / name, 0o644)
+
+
+_JAIL_RECORD = "jail.json"
+#: In the fleet's directory: the jails' parent directories the fleet made (deepest first).
+_SHARED_RECORD = "jail-dirs.json"
+
+
+def _write_record(member_dir: Path, record: dict[str, Any]) -> None:
+    (member_dir / _JAIL_RECORD).write_text(json.dumps(record))
+
+
 def tidy(member_dir: Path) -> None:
-    """After a member ended: its API socket (left if it was killed) and its private drive copies go."""
+    """After a member ended: its API socket (left if it was killed) and its private drive copies go. A jailed
+    member's config, log and metrics move here from its jail; the rest the fleet laid there goes, and the
+    jail's directories the fleet made."""
     if not member_dir.is_dir():
         return
     for path in [member_dir / API_SOCK, *member_dir.glob(f"{_DRIVE_PREFIX}*")]:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             path.unlink()
+    try:
+        record = json.loads((member_dir / _JAIL_RECORD).read_text())
+    except (OSError, ValueError):
+        return
+    root = Path(record["root"])
+    if root.is_dir():
+        for name in (CONFIG, LOG, METRICS):  # kept beside the console, as an unjailed member's are
+            with contextlib.suppress(FileNotFoundError):
+                shutil.move(root / name, member_dir / name)
+        with contextlib.suppress(FileNotFoundError), open(root / CONSOLE, "rb") as serial, \
+                open(member_dir / CONSOLE, "ab") as console:  # the config's serial_out_path, in the jail
+            shutil.copyfileobj(serial, console)
+        for entry in os.scandir(root):
+            if not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+    _remove_empty(record["made"])
+    (member_dir / _JAIL_RECORD).unlink()
+    shared = member_dir.parent / _SHARED_RECORD
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        left = _remove_empty(json.loads(shared.read_text()))
+        if left:
+            shared.write_text(json.dumps(left))
+        else:
+            shared.unlink()
+
+
+def _remove_empty(dirs: list[str]) -> list[str]:
+    """Remove each directory (deepest first) that is empty; those that still hold something."""
+    left = []
+    for path in dirs:
+        try:
+            os.rmdir(path)
         except FileNotFoundError:
             pass
+        except OSError:
+            left.append(path)
+    return left
 
 
 def _read_config(path: Path) -> dict[str, Any]:

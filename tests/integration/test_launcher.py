@@ -20,7 +20,7 @@ import pytest
 from firelet.guest import READY_MARKER, guest_cmdline_for
 from firelet.launcher.client import Launcher
 
-from conftest import BOOT_TIMEOUT_S, api_ok, firelet_cli
+from conftest import BOOT_TIMEOUT_S, api_ok, exit_if_the_rig_corrupted_a_vcpu, firelet_cli
 
 #: Three by default: the rig boots guests under TCG on two CPUs, and ten at once there took more
 #: than BOOT_TIMEOUT_S (the host tests run ten VMMs and a 200-VMM soak). FIRELET_TEST_FLEET_SIZE=10
@@ -49,8 +49,33 @@ def _gone(pid: int) -> bool:
         return True
 
 
+#: The jailed fleet's user, group and count: two are enough to show they are apart.
+JAIL_UID, JAIL_GID, JAILED_COUNT = 4242, 4243, 2
+
+
+def _fail_with_reports(fleet_dir: Path, stuck: dict[str, int]) -> None:
+    """Members whose guest did not answer: each one's threads and vCPUs (SIGUSR2 to its VMM, into its
+    stderr.log) go into the failure; a vCPU state the rig corrupted ends the session with 125."""
+    for pid in stuck.values():
+        if not _gone(pid):
+            os.kill(pid, signal.SIGUSR2)
+    time.sleep(10)  # the report pauses the vCPUs (up to 5 s)
+    reports = {m: (fleet_dir / m / "stderr.log").read_text(errors="replace") for m in stuck}
+    for report in reports.values():
+        exit_if_the_rig_corrupted_a_vcpu(report)
+    pytest.fail("\n".join(f"{m} (pid {pid}, {'ended' if _gone(pid) else 'running'}): console tail:\n"
+                          f"{_console(fleet_dir / m)[-800:]}\nstderr:\n{reports[m][-4000:]}"
+                          for m, pid in stuck.items()))
+
+
+@pytest.mark.parametrize("jailed", [False, True], ids=["plain", "jailed"])
 def test_microvms_through_the_fleet_answer_and_stop_leaving_nothing(kernel, rootfs_template: Path,
-                                                                         fleet_dir: Path) -> None:
+                                                                         fleet_dir: Path, jailed: bool) -> None:
+    count = JAILED_COUNT if jailed else COUNT
+    jails = fleet_dir / "jails"  # writable in the rig (/srv is the host's, shared read-only)
+    parent = f"firelet-test-{fleet_dir.name}"
+    jail_flags = ["--uid", str(JAIL_UID), "--gid", str(JAIL_GID), "--chroot-base-dir", str(jails),
+                  "--cgroup-version", "2", "--parent-cgroup", parent, "--cgroup", "pids.max=64"] if jailed else []
     config = fleet_dir / "vm_config.json"
     config.write_text(json.dumps({
         "boot-source": {"kernel_image_path": str(kernel.vmlinux),
@@ -59,14 +84,21 @@ def test_microvms_through_the_fleet_answer_and_stop_leaving_nothing(kernel, root
                     "is_read_only": False}],  # writable: each VMM gets its own sparse copy
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
     }))
-    up = firelet_cli("fleet", "--dir", str(fleet_dir), "up", str(COUNT), "--config", str(config),
-                     "--timeout", str(BOOT_TIMEOUT_S))
+    up = firelet_cli("fleet", "--dir", str(fleet_dir), "up", str(count), "--config", str(config),
+                     "--timeout", str(BOOT_TIMEOUT_S), *jail_flags)
     assert up.returncode == 0, up.stderr
-    assert f"fleet: {COUNT}/{COUNT} started, 0 failed" in up.stderr
+    assert f"fleet: {count}/{count} started, 0 failed" in up.stderr
     members = {line.split("\t")[0]: int(line.split("\t")[1]) for line in up.stdout.splitlines()}
-    assert sorted(members) == sorted(f"vm-{i}" for i in range(1, COUNT + 1))
-    assert COUNT >= 2
-    victim = f"vm-{COUNT}"  # the one killed below
+    assert sorted(members) == sorted(f"vm-{i}" for i in range(1, count + 1))
+    assert count >= 2
+    victim = f"vm-{count}"  # the one killed below
+    sockets = {m: (jails / "firelet-vmm" / m / "root" if jailed else fleet_dir / m) / "api.sock" for m in members}
+    if jailed:  # each confined: the jail's user, its root, its cgroup
+        for vm_id, pid in members.items():
+            status = dict(line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+            assert status["Uid"].split() == [str(JAIL_UID)] * 4 and status["NoNewPrivs"] == "1"
+            assert os.stat(f"/proc/{pid}/root").st_ino == os.stat(sockets[vm_id].parent).st_ino
+            assert Path(f"/proc/{pid}/cgroup").read_text().strip().endswith(f"/{parent}/{vm_id}")
 
     deadline = time.monotonic() + 2 * BOOT_TIMEOUT_S  # all boot at once, on the rig's 2 emulated CPUs
     waiting = set(members)
@@ -74,7 +106,8 @@ def test_microvms_through_the_fleet_answer_and_stop_leaving_nothing(kernel, root
         waiting = {m for m in waiting if not (READY_MARKER in _console(fleet_dir / m) and
                                               f"\n{ANSWER}" in _console(fleet_dir / m))}
         time.sleep(0.5)
-    assert not waiting, {m: _console(fleet_dir / m)[-800:] for m in sorted(waiting)}
+    if waiting:
+        _fail_with_reports(fleet_dir, {m: members[m] for m in sorted(waiting)})
 
     with Launcher.connect(fleet_dir / "launcher.sock") as launcher:
         listed = {vm["id"]: vm for vm in launcher.list()}
@@ -83,10 +116,10 @@ def test_microvms_through_the_fleet_answer_and_stop_leaving_nothing(kernel, root
         os.kill(members[victim], signal.SIGKILL)
         (killed,) = launcher.wait(victim, timeout_s=60)
         assert killed["exit_signal"] == "SIGKILL"
-        assert launcher.ping()["children"] == COUNT - 1
+        assert launcher.ping()["children"] == count - 1
     for vm_id in members:
         if vm_id != victim:
-            assert api_ok(fleet_dir / vm_id / "api.sock", "GET", "/")["state"] == "Running"
+            assert api_ok(sockets[vm_id], "GET", "/")["state"] == "Running"
 
     stop = firelet_cli("fleet", "--dir", str(fleet_dir), "stop", "--all")
     assert stop.returncode == 0, stop.stderr
@@ -95,3 +128,6 @@ def test_microvms_through_the_fleet_answer_and_stop_leaving_nothing(kernel, root
     for vm_id in members:  # no API socket (the killed one's too), no drive copy; logs and consoles stay
         assert sorted(p.name for p in (fleet_dir / vm_id).iterdir()) == [
             "config.json", "console.log", "metrics.json", "stderr.log", "vmm.log"]
+    if jailed:  # the jails and their cgroups went with them
+        assert not jails.exists() or list(jails.iterdir()) == []
+        assert not Path("/sys/fs/cgroup", parent).exists()

@@ -15,7 +15,7 @@ import pytest
 
 from firelet.cli.fleet import format_table
 from firelet.errors import UsageError
-from firelet.launcher.fleet import Fleet, Member, _read_config, sparse_copy
+from firelet.launcher.fleet import Fleet, Member, _read_config, sparse_copy, tidy
 
 from launcher_utils import ended, short_workdir
 
@@ -138,3 +138,69 @@ def test_the_table_says_state_uptime_cpu_and_memory() -> None:
         "vm-1  10   running         12.3s   0.50s  20.0M  4.5M",
         "vm-2  11   killed SIGKILL  1.0s    0.00s  0.0M   0.0M",
     ]
+
+
+JAIL_UID, JAIL_GID = 4242, 4243
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a jail's files are owned by its user: needs root")
+def test_a_jailed_member_gets_its_files_in_its_jail_seen_by_in_jail_paths_and_tidy_leaves_nothing(
+        workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workdir)
+    (workdir / "vmlinux").write_bytes(b"kernel")
+    os.chmod(workdir / "vmlinux", 0o600)  # not readable by the jail's user: copied, owned by it
+    config = _read_config(_config(workdir, logger={"log_path": "elsewhere.log", "level": "Debug"}))
+    fleet = Fleet.__new__(Fleet)
+    fleet.dir = workdir / "fleet"
+    member = Member("vm-1", fleet.dir / "vm-1")
+    base = workdir / "jails"
+    argv = fleet._prepare(member, config, {"uid": JAIL_UID, "gid": JAIL_GID, "chroot_base_dir": str(base)})
+    root = base / "firelet-vmm" / "vm-1" / "root"
+    assert member.root == root and member.api_sock == root / "api.sock"
+    assert argv == ["--api-sock", "/api.sock", "--config-file", "/config.json", "--id", "vm-1",
+                    "--metrics-path", "/metrics.json"]
+    mine = json.loads((root / "config.json").read_text())
+    assert mine["boot-source"]["kernel_image_path"] == "/kernel_image"
+    assert [d["path_on_host"] for d in mine["drives"]] == ["/drive-0.img", "/drive-1.img"]
+    assert mine["logger"]["log_path"] == "/vmm.log"
+    assert (root / "drive-0.img").read_bytes() == (workdir / "rw.img").read_bytes()
+    assert os.stat(root / "drive-1.img").st_ino == os.stat(workdir / "ro.img").st_ino  # world-readable: linked
+    assert (root / "kernel_image").read_bytes() == b"kernel"
+    owners = {p.name: (p.stat().st_uid, p.stat().st_gid) for p in root.iterdir()}
+    for name in ("drive-0.img", "kernel_image", "vmm.log", "metrics.json"):
+        assert owners[name] == (JAIL_UID, JAIL_GID), name
+    assert oct(os.stat(root / "config.json").st_mode & 0o777) == "0o644"
+    (root / "api.sock").touch()  # as a killed VMM leaves it
+    other = Member("vm-2", fleet.dir / "vm-2")
+    fleet._prepare(other, config, {"uid": JAIL_UID, "gid": JAIL_GID, "chroot_base_dir": str(base)})
+    tidy(member.dir)
+    assert sorted(p.name for p in (base / "firelet-vmm").iterdir()) == ["vm-2"]  # still in use
+    tidy(other.dir)
+    assert not base.exists()  # the fleet made the base too: the last one out removed all of it
+    assert sorted(p.name for p in fleet.dir.iterdir()) == ["vm-1", "vm-2"]
+    assert sorted(p.name for p in member.dir.iterdir()) == ["config.json", "metrics.json", "vmm.log"]
+    assert (workdir / "ro.img").exists() and (workdir / "vmlinux").exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a jail's files are owned by its user: needs root")
+def test_a_jail_left_behind_is_not_reused(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(workdir)
+    config = _read_config(_config(workdir))
+    (workdir / "jails" / "firelet-vmm" / "vm-1" / "root").mkdir(parents=True)
+    fleet = Fleet.__new__(Fleet)
+    fleet.dir = workdir / "fleet"
+    with pytest.raises(UsageError, match=r"jail .*/vm-1/root exists"):
+        fleet._prepare(Member("vm-1", fleet.dir / "vm-1"), config,
+                       {"uid": JAIL_UID, "gid": JAIL_GID, "chroot_base_dir": str(workdir / "jails")})
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--uid", "4242"], "a jail needs both --uid and --gid"),
+    (["--cgroup", "pids.max=10"], "--cgroup confines the microVMs: give --uid and --gid too"),
+    (["--uid", "4242", "--gid", "1", "--cgroup", "pids"], "--cgroup 'pids': expected <controller>.<file>=<value>"),
+])
+def test_fleet_up_refuses_half_a_jail_in_one_line(workdir: Path, flags: list[str], message: str) -> None:
+    up = _fleet("--dir", str(workdir / "f"), "up", "1", "--config", str(_config(workdir)), *flags, cwd=workdir)
+    [line] = up.stderr.strip().splitlines()
+    assert up.returncode == 2 and line.startswith("firelet: error: ") and message in line, up.stderr
+    assert not (workdir / "f").exists()  # refused before any launcher started
