@@ -3,7 +3,8 @@
 A device sits on a bus and answers accesses at offsets in its range
 (:class:`BusDevice`); it raises its interrupt through an :class:`Interrupt` it is
 handed (it never sees KVM: the builder makes the line); it sets timers on the event
-loop through :class:`Timers` (a rate-limited queue's wake-up); it keeps its own counters
+loop through :class:`Timers` (a rate-limited queue's wake-up) and has its own fds
+watched through :class:`Readiness` (a TAP); it keeps its own counters
 (:class:`Metered`); and it can hand out its state as a plain record and be put back
 into that state (:class:`Stateful`), which snapshots and live updates build on.
 These are structural protocols: a device implements them by having the methods,
@@ -55,6 +56,20 @@ class Timers(Protocol):
     def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable: ...
 
     def call_soon(self, callback: Callable[[], None]) -> None: ...
+
+
+class Readiness(Timers, Protocol):
+    """Timers, and the loop watching a device's own fd (a TAP, a socket) for readiness.
+
+    The callback runs on the loop's thread with the epoll events that fired;
+    ``modify`` changes which it waits for (e.g. stop reading while the guest has no buffers).
+    """
+
+    def add(self, fd: int, events: int, callback: Callable[[int], None]) -> None: ...
+
+    def modify(self, fd: int, events: int) -> None: ...
+
+    def remove(self, fd: int) -> None: ...
 
 
 class Metered(Protocol):

@@ -25,8 +25,9 @@ import os
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import ClassVar, Protocol
+from typing import ClassVar
 
+from firelet.devices.protocols import Cancellable, Readiness
 from firelet.devices.rate_limiter import LimiterConfig, RateLimiter
 from firelet.devices.virtio.device import TYPE_NET, InterruptSignal, VirtioDeviceBase
 from firelet.devices.virtio.net.frames import (
@@ -73,20 +74,6 @@ _FEATURES = (
 )
 
 
-class Cancellable(Protocol):
-    def cancel(self) -> None: ...
-
-
-class Loop(Protocol):
-    """What the device needs of :class:`firelet.events.loop.EventLoop`."""
-
-    def add(self, fd: int, events: int, callback: Callable[[int], None]) -> None: ...
-    def modify(self, fd: int, events: int) -> None: ...
-    def remove(self, fd: int) -> None: ...
-    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Cancellable: ...
-    def call_soon(self, callback: Callable[[], None]) -> None: ...
-
-
 class _Wait:
     """Why receiving is stopped (None on the device: it is not)."""
 
@@ -119,7 +106,7 @@ class Net(VirtioDeviceBase):
     device_type = TYPE_NET
     queue_max_sizes: tuple[int, ...] = (QUEUE_SIZE, QUEUE_SIZE)
 
-    def __init__(self, iface_id: str, tap: Tap, loop: Loop, *, guest_mac: bytes | None = None,
+    def __init__(self, iface_id: str, tap: Tap, loop: Readiness, *, guest_mac: bytes | None = None,
                  rx_limiter: RateLimiter | None = None, tx_limiter: RateLimiter | None = None) -> None:
         if guest_mac is not None and len(guest_mac) != MAC_LEN:
             raise ValueError(f"guest_mac must be {MAC_LEN} bytes, got {len(guest_mac)}")
