@@ -20,7 +20,13 @@ import pytest
 from firelet.guest import READY_MARKER, guest_cmdline_for
 from firelet.launcher.client import Launcher
 
-from conftest import BOOT_TIMEOUT_S, api_ok, exit_if_the_rig_corrupted_a_vcpu, firelet_cli
+from conftest import (
+    BOOT_TIMEOUT_S,
+    api_ok,
+    exit_if_the_rig_corrupted_a_vcpu,
+    exit_if_the_rig_reset_a_guest,
+    firelet_cli,
+)
 
 #: Three by default: the rig boots guests under TCG on two CPUs, and ten at once there took more
 #: than BOOT_TIMEOUT_S (the host tests run ten VMMs and a 200-VMM soak). FIRELET_TEST_FLEET_SIZE=10
@@ -61,11 +67,17 @@ def _fail_with_reports(fleet_dir: Path, stuck: dict[str, int]) -> None:
             os.kill(pid, signal.SIGUSR2)
     time.sleep(10)  # the report pauses the vCPUs (up to 5 s)
     reports = {m: (fleet_dir / m / "stderr.log").read_text(errors="replace") for m in stuck}
-    for report in reports.values():
-        exit_if_the_rig_corrupted_a_vcpu(report)
+    logs = {m: _text(fleet_dir / m / "vmm.log") for m in stuck}
+    for m in stuck:
+        exit_if_the_rig_corrupted_a_vcpu(reports[m])
+        exit_if_the_rig_reset_a_guest(logs[m])
     pytest.fail("\n".join(f"{m} (pid {pid}, {'ended' if _gone(pid) else 'running'}): console tail:\n"
-                          f"{_console(fleet_dir / m)[-800:]}\nstderr:\n{reports[m][-4000:]}"
-                          for m, pid in stuck.items()))
+                          f"{_console(fleet_dir / m)[-800:]}\nstderr:\n{reports[m][-4000:]}\n"
+                          f"log tail:\n{logs[m][-1500:]}" for m, pid in stuck.items()))
+
+
+def _text(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 @pytest.mark.parametrize("jailed", [False, True], ids=["plain", "jailed"])
@@ -105,6 +117,8 @@ def test_microvms_through_the_fleet_answer_and_stop_leaving_nothing(kernel, root
     while waiting and time.monotonic() < deadline:
         waiting = {m for m in waiting if not (READY_MARKER in _console(fleet_dir / m) and
                                               f"\n{ANSWER}" in _console(fleet_dir / m))}
+        if any(_gone(members[m]) for m in waiting):  # ended before its answer: no use waiting on
+            break
         time.sleep(0.5)
     if waiting:
         _fail_with_reports(fleet_dir, {m: members[m] for m in sorted(waiting)})
