@@ -265,12 +265,17 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     A line per outcome: "passed <id>" for a passing call, "failed <id>" for any failing
     phase. scripts/test shares the file's folder with the rig: when the rig itself fails
     (status 125), the next session deselects the tests that already ended instead of
-    running the whole suite again, and a failure of an earlier session still counts.
+    running the whole suite again, and a failure of an earlier session still counts. Each
+    failure's report also goes to ``<file>.failures`` as it happens, for scripts/test to
+    show when the session that had it never reached its summary.
     """
     path = os.environ.get("FIRELET_TEST_RESULTS")
     if path and (report.failed or (report.when == "call" and report.passed)):
         with open(path, "a") as f:
             f.write(f"{report.outcome} {report.nodeid}\n")
+    if path and report.failed:  # pytest prints it at the session's end, which a dying rig never reaches
+        with open(f"{path}.failures", "a") as f:
+            f.write(f"\n=== {report.nodeid} ({report.when})\n{report.longreprtext[-12000:]}\n")
 
 
 def have(tool: str) -> bool:
