@@ -59,15 +59,16 @@ def _gone(pid: int) -> bool:
 JAIL_UID, JAIL_GID, JAILED_COUNT = 4242, 4243, 2
 
 
-def _fail_with_reports(fleet_dir: Path, stuck: dict[str, int]) -> None:
+def _fail_with_reports(fleet_dir: Path, stuck: dict[str, int], log_dirs: dict[str, Path]) -> None:
     """Members whose guest did not answer: each one's threads and vCPUs (SIGUSR2 to its VMM, into its
-    stderr.log) go into the failure; a vCPU state the rig corrupted ends the session with 125."""
+    stderr.log) and its log (in ``log_dirs[m]``: a jailed member's is in its jail) go into the failure;
+    a vCPU state the rig corrupted, or a guest it reset, ends the session with 125."""
     for pid in stuck.values():
         if not _gone(pid):
             os.kill(pid, signal.SIGUSR2)
     time.sleep(10)  # the report pauses the vCPUs (up to 5 s)
     reports = {m: (fleet_dir / m / "stderr.log").read_text(errors="replace") for m in stuck}
-    logs = {m: _text(fleet_dir / m / "vmm.log") for m in stuck}
+    logs = {m: _text(log_dirs[m] / "vmm.log") for m in stuck}
     for m in stuck:
         exit_if_the_rig_corrupted_a_vcpu(reports[m])
         exit_if_the_rig_reset_a_guest(logs[m])
@@ -118,10 +119,12 @@ def test_microvms_through_the_fleet_answer_and_stop_leaving_nothing(kernel, root
         waiting = {m for m in waiting if not (READY_MARKER in _console(fleet_dir / m) and
                                               f"\n{ANSWER}" in _console(fleet_dir / m))}
         if any(_gone(members[m]) for m in waiting):  # ended before its answer: no use waiting on
+            waiting = {m for m in waiting if _gone(members[m])}
             break
         time.sleep(0.5)
     if waiting:
-        _fail_with_reports(fleet_dir, {m: members[m] for m in sorted(waiting)})
+        _fail_with_reports(fleet_dir, {m: members[m] for m in sorted(waiting)},
+                           {m: sockets[m].parent for m in members})
 
     with Launcher.connect(fleet_dir / "launcher.sock") as launcher:
         listed = {vm["id"]: vm for vm in launcher.list()}
