@@ -15,7 +15,8 @@ import pytest
 
 from firelet.cli.fleet import format_table
 from firelet.errors import UsageError
-from firelet.launcher.fleet import Fleet, Member, _read_config, sparse_copy, tidy
+from firelet.launcher.fleet import Fleet, Member, _read_config
+from firelet.launcher.placement import sparse_copy, tidy
 
 from launcher_utils import ended, short_workdir
 
