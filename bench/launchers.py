@@ -121,6 +121,17 @@ class Firelet(Launcher):
 
     name = "firelet"
 
+    def __init__(self, *, vhost: bool = False) -> None:
+        #: Whether the network interface is on the host kernel's vhost-net (``--net ...,vhost``).
+        self.vhost = vhost
+        if vhost:
+            self.name = "firelet vhost"
+
+    def available(self) -> str | None:
+        if self.vhost and not Path("/dev/vhost-net").exists():
+            return "no /dev/vhost-net (modprobe vhost_net)"
+        return None
+
     def command(self) -> list[str]:
         script = Path(sys.executable).parent / "firelet"  # the console script pip installed
         return [str(script)] if script.exists() else [sys.executable, "-m", "firelet"]
@@ -133,7 +144,8 @@ class Firelet(Launcher):
             "--cmdline", self.kernel_cmdline(boot.cmdline),
             "--vcpus", str(boot.vcpus), "--mem", str(boot.mem_mib),
             *[arg for i, path in enumerate(boot.drives) for arg in ("--drive", f"id=data{i},path={path}")],
-            *(["--net", f"tap={boot.net[0]},mac={boot.net[1]}"] if boot.net is not None else []),
+            *(["--net", f"tap={boot.net[0]},mac={boot.net[1]}{',vhost' if self.vhost else ''}"]
+              if boot.net is not None else []),
         ]
 
 

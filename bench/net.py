@@ -7,13 +7,13 @@ Each VMM boots the same kernel and root image with one virtio-net interface
 (virtio-mmio for all) on a TAP in a network namespace this script makes, with
 documentation addresses (RFC 5737) and no route out: QEMU ``-netdev tap`` with
 ``vhost=off`` (packets through QEMU's own thread) and ``vhost=on`` (through the
-host kernel's vhost-net worker), and firelet ``--net`` (userspace only; it has no
-vhost-net). The host end is this script, inside that namespace: the guest sends
-M MiB of zeros with busybox dd | nc (guest -> host), then reads M MiB (host ->
-guest). Each direction is timed on the host from the connection's accept to
+host kernel's vhost-net worker), and firelet ``--net`` on its userspace path and
+with ``vhost`` (the same kernel worker). The host end is this script, inside that
+namespace: the guest sends M MiB of zeros with busybox dd | nc (guest -> host), then
+reads M MiB (host -> guest). Each direction is timed on the host from the connection's accept to
 its last byte (guest -> host) or to the guest's note that it read everything
 (host -> guest), and the VMM's CPU time over that span (utime + stime of
-every thread in /proc/PID/stat, plus the vhost-PID kernel worker for vhost=on) is
+every thread in /proc/PID/stat, plus the vhost-PID kernel worker for vhost) is
 divided by the GB moved. That CPU includes the guest's own (the vCPU thread in
 guest mode, ``guest_time``) and the host kernel's work for the VMM (KVM exits, TAP,
 vhost); the VMM's user space alone (utime - guest_time) is its own code's share.
@@ -45,7 +45,7 @@ import vhostnet
 from launchers import BootInputs, Firelet, Launcher, QemuMicrovm
 
 #: QEMU without vhost first: the reference of the ratios (rigrun.render takes the first row).
-NET_LAUNCHERS: list[Launcher] = [QemuMicrovm(), QemuMicrovm(vhost=True), Firelet()]
+NET_LAUNCHERS: list[Launcher] = [QemuMicrovm(), QemuMicrovm(vhost=True), Firelet(), Firelet(vhost=True)]
 #: The host's end of the TAP; the guest takes the other address of the /30 (RFC 5737 TEST-NET-1).
 HOST_ADDRESS = IPv4Interface("192.0.2.1/30")
 SINK_PORT, SOURCE_PORT, DONE_PORT = 5001, 5002, 5003
@@ -267,7 +267,7 @@ def measure(args: argparse.Namespace, vmlinux: Path, rootfs_template: Path) -> d
     finally:
         remove_netns(netns)
     for launcher in NET_LAUNCHERS:
-        if isinstance(launcher, QemuMicrovm) and launcher.vhost and vhost_missing:
+        if isinstance(launcher, QemuMicrovm | Firelet) and launcher.vhost and vhost_missing:
             results[launcher.name] = {"unavailable": vhost_missing}
     return results
 

@@ -8,8 +8,9 @@ and the next IRQ from ``layout``, announced on the kernel command line
 :func:`attach_devices` then makes the devices and wires them: interrupts are
 eventfds registered as KVM irqfds; a virtio device sits behind a virtio-mmio
 transport whose queue notifications are eventfds registered as KVM ioeventfds on
-the QueueNotify register, served by the event loop, so a guest kick never stops a
-vCPU in Python. Every device lands in the VM's typed device registry.
+the QueueNotify register, served by the event loop (or, for a device on vhost, by the
+host kernel), so a guest kick never stops a vCPU in Python. Every device lands in the
+VM's typed device registry.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from firelet.builder.spec import (
     run_or_defer,
 )
 from firelet.devices.interrupt import EventFdInterrupt
+from firelet.devices.protocols import KernelQueues
 from firelet.errors import UsageError
 from firelet.vstate.device_registry import BusKind, DeviceEntry, Slot
 
@@ -133,10 +135,16 @@ def _attach_virtio(vmm: Vmm, device: Any, base: int, line: EventFdInterrupt,
     transport = MmioTransport(vmm.memory, device, line)
     vmm.mmio_bus.insert(transport, base, layout.VIRTIO_MMIO_SIZE)
     vmm.event_loop.every(INTERRUPT_REARM_INTERVAL_S, transport.rearm_interrupt)
+    in_kernel = isinstance(device, KernelQueues)
+    fds = []
     for index in range(transport.queue_count):
         fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         vmm.resources.closers.append(partial(os.close, fd))
         run_or_defer(later, partial(vmm.resources.vm_fd.register_ioeventfd, fd, base + QUEUE_NOTIFY, 4,
                                     datamatch=index))
-        vmm.event_loop.add_eventfd(fd, partial(transport.notify, index))
+        if not in_kernel:
+            vmm.event_loop.add_eventfd(fd, partial(transport.notify, index))
+        fds.append(fd)
+    if in_kernel:
+        device.take_queue_eventfds(fds)
     return transport

@@ -27,7 +27,7 @@ def register(sub: Any) -> None:
         help="an extra virtio-blk drive (repeatable)",
     )
     p.add_argument(
-        "--net", action="append", default=[], metavar="tap=NAME[,mac=MAC][,id=ID]",
+        "--net", action="append", default=[], metavar="tap=NAME[,mac=MAC][,id=ID][,vhost]",
         help="a virtio-net interface on the existing TAP NAME (repeatable; ids default to eth0, eth1, ...)",
     )
     p.add_argument("--cmdline", help="kernel command line (default: console=ttyS0 reboot=k panic=1 ...)")
@@ -66,7 +66,9 @@ def parse_drive(spec: str) -> dict[str, Any]:
 
 
 def parse_net(spec: str, index: int) -> dict[str, Any]:
-    """``tap=tap0,mac=06:00:c0:00:02:02,id=eth0`` → a Firecracker network interface object.
+    """``tap=tap0,mac=06:00:c0:00:02:02,id=eth0[,vhost]`` → a Firecracker network interface object.
+
+    ``vhost`` is firelet's own: the host kernel's vhost-net moves the frames.
 
     Without ``id=`` the interface is ``eth<index>``, its place among the --net options
     (and, as the guest names virtio-net devices in order, usually its name there too).
@@ -75,8 +77,11 @@ def parse_net(spec: str, index: int) -> dict[str, Any]:
     keys = {"tap": "host_dev_name", "mac": "guest_mac", "id": "iface_id"}
     for item in spec.split(","):
         key, sep, value = item.partition("=")
+        if item == "vhost" and "vhost" not in iface:
+            iface["vhost"] = True
+            continue
         if key not in keys or not sep or not value or keys[key] in iface:
-            raise UsageError(f"--net {spec}: bad item {item!r}; use tap=NAME[,mac=MAC][,id=ID]")
+            raise UsageError(f"--net {spec}: bad item {item!r}; use tap=NAME[,mac=MAC][,id=ID][,vhost]")
         iface[keys[key]] = value
     if "host_dev_name" not in iface:
         raise UsageError(f"--net {spec}: needs tap=NAME, the host TAP device (see `firelet net up`)")

@@ -67,8 +67,11 @@ def drive(d: Drive) -> dict[str, Any]:
 
 
 def network_interface(n: NetworkInterface) -> dict[str, Any]:
-    return {"iface_id": n.iface_id, "host_dev_name": n.host_dev_name, "guest_mac": n.guest_mac, "mtu": n.mtu,
-            "rx_rate_limiter": rate_limiter(n.rx_rate_limiter), "tx_rate_limiter": rate_limiter(n.tx_rate_limiter)}
+    out = {"iface_id": n.iface_id, "host_dev_name": n.host_dev_name, "guest_mac": n.guest_mac, "mtu": n.mtu,
+           "rx_rate_limiter": rate_limiter(n.rx_rate_limiter), "tx_rate_limiter": rate_limiter(n.tx_rate_limiter)}
+    if n.vhost:  # firelet's own field: only when set, so Firecracker's tools read the rest unchanged
+        out["vhost"] = True
+    return out
 
 
 def balloon(b: Balloon | None) -> dict[str, Any] | None:

@@ -192,9 +192,14 @@ class NetworkInterface(Model):
     mtu: Annotated[int, msgspec.Meta(ge=MIN_MTU, le=MAX_MTU)] | None = None
     rx_rate_limiter: RateLimiter | None = None
     tx_rate_limiter: RateLimiter | None = None
+    #: firelet's own: frames move in the host kernel (vhost-net), not through the VMM.
+    vhost: bool = False
 
     def __post_init__(self) -> None:
         _check_id("iface_id", self.iface_id)
+        if self.vhost and (self.rx_rate_limiter or self.tx_rate_limiter):
+            raise ValueError("vhost: an interface on vhost-net moves its frames in the host kernel, where "
+                             "firelet cannot limit them; drop rx_rate_limiter/tx_rate_limiter or vhost")
         name = self.host_dev_name
         if not name or len(name.encode()) > 15:  # IFNAMSIZ - 1 (linux/if.h)
             raise ValueError(f"host_dev_name: expected 1 to 15 characters, got {name!r}")

@@ -54,6 +54,20 @@ def tap_problem(host_dev_name: str) -> str | None:
     return None
 
 
+def vhost_problem() -> str | None:
+    """Why vhost-net cannot serve an interface on this host (no module, no access), or None when it can."""
+    import os
+
+    from firelet.devices.virtio.net import NetError
+    from firelet.devices.virtio.net.vhost import open_device
+
+    try:
+        os.close(open_device())
+    except NetError as exc:
+        return str(exc)
+    return None
+
+
 @runtime_checkable
 class VmmBackend(Protocol):
     """The running microVM, as the API sees it.

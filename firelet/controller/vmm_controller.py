@@ -130,9 +130,9 @@ class VmmController:
 
     def update_net_rate_limiters(self, iface_id: str, rx: Any, tx: Any) -> None:
         """Replace the given buckets of an interface's RX and TX limiters, live (on the event loop)."""
-        from firelet.devices.virtio.net import Net
+        from firelet.devices.virtio.net import NetInterface
 
-        device = self._vmm().devices.get(Net, iface_id)
+        device = self._vmm().devices.get(NetInterface, iface_id)
         if device is None:
             raise BackendError(f"Network config error: Unable to update the net device: no network interface "
                                f"has iface_id {iface_id!r}. Please verify the request arguments.")

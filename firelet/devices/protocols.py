@@ -13,8 +13,8 @@ not by inheriting from them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
 from firelet.records import Record
 
@@ -70,6 +70,17 @@ class Readiness(Timers, Protocol):
     def modify(self, fd: int, events: int) -> None: ...
 
     def remove(self, fd: int) -> None: ...
+
+
+@runtime_checkable
+class KernelQueues(Protocol):
+    """A virtio device whose queues the host kernel serves (vhost-net).
+
+    The transport's notification eventfds (KVM ioeventfds on QueueNotify) are handed to
+    the device for the kernel to wait on, instead of being watched by the event loop.
+    """
+
+    def take_queue_eventfds(self, fds: Sequence[int]) -> None: ...
 
 
 class Metered(Protocol):

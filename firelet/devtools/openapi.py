@@ -61,6 +61,8 @@ BODIES: dict[str, Any] = {
     "MemoryHotplugConfig": model.MemoryHotplugConfig, "MemoryHotplugSizeUpdate": requests.MemoryHotplugSizeUpdate,
     "Vsock": model.Vsock,
 }
+#: Fields firelet adds to Firecracker's schemas (its own features; Firecracker's tools never send them).
+EXTENSIONS: dict[str, set[str]] = {"NetworkInterface": {"vhost"}}
 #: Sections of ``GET /vm/config`` (:func:`firelet.config.export.full_vm_configuration`) and their schemas.
 FULL_VM_SECTIONS: dict[str, str | list[str]] = {
     "balloon": "Balloon", "drives": ["Drive"], "boot-source": "BootSource", "cpu-config": "CpuConfig",

@@ -105,10 +105,12 @@ class EventLoop:
     def remove(self, fd: int) -> None:
         """Stop watching ``fd`` (before closing it). Harmless for an fd not watched.
 
-        An event for ``fd`` already taken from the kernel in this round is dropped.
+        An event for ``fd`` already taken from the kernel in this round is dropped. Once
+        the loop has ended nothing waits on the epoll again, so it is left alone: closing
+        ``fd`` drops it, and the thread releasing the VM may make no epoll_ctl (seccomp).
         """
         self._check_thread("remove")
-        if self._handlers.pop(fd, None) is not None:
+        if self._handlers.pop(fd, None) is not None and not self._ended:
             try:
                 self._epoll.unregister(fd)
             except (OSError, ValueError):

@@ -15,6 +15,8 @@ from firelet.jailer.runtime import Exposure
 
 #: Documentation/admin-guide/devices.txt, char major 10 (misc): what Firecracker's jailer creates.
 DEVICES = {"kvm": (10, 232), "net/tun": (10, 200)}
+#: Made in the jail too when the host has them: vhost-net, for interfaces that ask for it (firelet's own).
+HOST_OPTIONAL_DEVICES = {"vhost-net": (10, 238)}
 _TMPFS_FLAGS = sc.MS_NOSUID | sc.MS_NODEV
 _RO_BIND = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV
 
@@ -33,7 +35,9 @@ def make_dev(root: str, uid: int, gid: int) -> None:
     """A tmpfs /dev holding only the VMM's device nodes, owned by the VMM's user, then made read-only."""
     dev = os.path.join(root, "dev")
     sc.mount("firelet-dev", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755,size=64k")
-    for name, (major, minor) in DEVICES.items():
+    optional = {name: numbers for name, numbers in HOST_OPTIONAL_DEVICES.items()
+                if os.path.exists(os.path.join("/dev", name))}
+    for name, (major, minor) in (DEVICES | optional).items():
         path = os.path.join(dev, name)
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         os.mknod(path, 0o600 | 0o020000, os.makedev(major, minor))  # S_IFCHR, rw for the owner only

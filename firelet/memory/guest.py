@@ -95,6 +95,11 @@ class GuestMemory:
             return False
         return True
 
+    def host_address(self, addr: int, length: int) -> int:
+        """Where ``[addr, addr+length)`` lives in this process (it must lie in one region), for the kernel."""
+        index, offset = self._locate(addr, length)
+        return self.regions[index].host_addr + offset
+
     def view(self, addr: int, length: int) -> memoryview:
         """A writable memoryview of guest RAM; raises GuestMemoryError if out of range."""
         index, offset = self._locate(addr, length)

@@ -231,3 +231,20 @@ def test_firelet_vmm_config_file_takes_network_interfaces(netns: str, tmp_path: 
     assert present.returncode == 1
     assert present.stderr.startswith("firelet-vmm: error: config file: actions: Cannot start the microVM: "), (
         present.stderr)
+
+
+def test_vhost_is_firelets_own_field_refused_with_limiters_or_without_the_module(
+        api: tuple[Client, FakeBackend]) -> None:
+    client, _ = api
+    refused = client.fault("PUT", "/network-interfaces/eth0", _iface("eth0", "tap0", vhost=True, tx_rate_limiter=LIMIT))
+    assert "vhost: an interface on vhost-net moves its frames in the host kernel" in refused
+    if os.path.exists("/dev/vhost-net"):  # a host with vhost-net takes it, and reports it back
+        client.ok("PUT", "/network-interfaces/eth0", _iface("eth0", "tap0", vhost=True))
+        assert client.interfaces()[0]["vhost"] is True
+    else:
+        message = client.fault("PUT", "/network-interfaces/eth0", _iface("eth0", "tap0", vhost=True))
+        assert message.startswith("Network config error: Could not create the network device: vhost-net is not "
+                                  "available: cannot open /dev/vhost-net") and "modprobe vhost_net" in message
+        assert client.interfaces() == []
+    client.ok("PUT", "/network-interfaces/eth1", _iface("eth1", "tap1"))
+    assert "vhost" not in client.interfaces()[-1]  # Firecracker's fields only, unless it is asked for

@@ -145,3 +145,18 @@ def test_patch_reaches_the_device_on_the_event_loop(controller: VmmController, n
     assert net.tx_limiter.unlimited
     with pytest.raises(BackendError, match="no network interface has iface_id 'eth9'"):
         controller.submit(lambda: controller.update_net_rate_limiters("eth9", limiter, None)).result(10)
+
+
+def test_a_vhost_interface_needs_vhost_net_and_says_so_in_one_line(controller: VmmController, netns: str) -> None:
+    iface = {"iface_id": "eth0", "host_dev_name": "tap0", "vhost": True}
+    if Path("/dev/vhost-net").exists():  # a host with it builds the kernel's data path on the TAP
+        from firelet.devices.virtio.net.vhost import VhostNet
+
+        _attach(controller, netns, [iface])
+        assert isinstance(controller.vmm.devices.get(VhostNet, "eth0"), VhostNet) and _tap_busy(netns, "tap0")
+        return
+    with pytest.raises(UsageError) as info:
+        _attach(controller, netns, [iface])
+    assert str(info.value).startswith("network interface eth0: vhost-net is not available: cannot open "
+                                      "/dev/vhost-net") and "\n" not in str(info.value)
+    assert not _tap_busy(netns, "tap0")  # the TAP it had opened is closed again

@@ -68,3 +68,9 @@ def test_the_command_refuses_bad_interfaces_in_one_line(tmp_path: Path, capsys: 
     config.write_text("{}")
     assert main(["run", "--config-file", str(config), "--net", "tap=tap0"]) == 2
     assert "do not combine it with --kernel/--rootfs/--drive/--initrd/--net" in capsys.readouterr().err
+
+
+def test_vhost_asks_for_the_kernels_data_path() -> None:
+    assert parse_net("tap=tap0,vhost", 0) == {"host_dev_name": "tap0", "vhost": True, "iface_id": "eth0"}
+    with pytest.raises(UsageError, match="bad item 'vhost'"):
+        parse_net("tap=tap0,vhost,vhost", 0)

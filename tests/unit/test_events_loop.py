@@ -384,3 +384,25 @@ def test_timer_heap_pops_exactly_the_live_due_timers_in_order(ops: list[tuple]) 
             popped += got
         assert len(heap) == len(live)
     assert heap.next_deadline() == (min(live.values()) if live else None)
+
+
+def _watched(loop: EventLoop) -> set[int]:
+    """The fds the loop's epoll holds, as the kernel lists them (proc(5), /proc/PID/fdinfo: "tfd:")."""
+    text = open(f"/proc/self/fdinfo/{loop._epoll.fileno()}").read()
+    return {int(line.split()[1]) for line in text.splitlines() if line.startswith("tfd:")}
+
+
+def test_after_the_loop_ended_remove_leaves_the_epoll_alone_and_closing_the_fd_drops_it() -> None:
+    """The thread that releases a VM may be one whose seccomp filter has no epoll_ctl: no call is made."""
+    loop = EventLoop()
+    fd = os.eventfd(0, os.EFD_NONBLOCK)
+    loop.add_eventfd(fd, lambda: None)
+    thread = loop.start("test-loop")
+    loop.stop()
+    thread.join(5)
+    assert fd in _watched(loop)
+    loop.remove(fd)  # from this thread, after the end: forgotten, not unregistered
+    assert fd in _watched(loop)
+    os.close(fd)
+    assert fd not in _watched(loop)
+    loop.close()

@@ -15,7 +15,7 @@ from firelet.api.routing import Fault, RouteTable, no_content, replace_by, same_
 from firelet.api.server import Request, Response
 from firelet.config import model as cfg
 from firelet.config import requests as bodies
-from firelet.controller.interface import tap_problem
+from firelet.controller.interface import tap_problem, vhost_problem
 
 routes = RouteTable()
 #: Firecracker's prefix for every refusal of this endpoint (its ``VmmActionError::NetworkConfig``).
@@ -36,7 +36,7 @@ def put_network_interface(api: ApiContext, req: Request, iface_id: str) -> Respo
     if holder is not None:
         raise Fault(f"{NETWORK_ERROR}: Could not create the network device: the TAP {iface.host_dev_name} "
                     f"is already used by network interface {holder}.")
-    problem = tap_problem(iface.host_dev_name)
+    problem = tap_problem(iface.host_dev_name) or (vhost_problem() if iface.vhost else None)
     if problem:
         raise Fault(f"{NETWORK_ERROR}: Could not create the network device: {problem}.")
     iface = msgspec.structs.replace(iface, rx_rate_limiter=patched_limiter(None, iface.rx_rate_limiter),

@@ -138,6 +138,10 @@ def _choose_kernel_package() -> str:
     return usable[0][1]
 
 
+#: The module names a prepared kernel was resolved for, as its ``done`` file records them.
+_WANTED_LINE = "#wanted " + " ".join(REQUIRED_MODULES + OPTIONAL_MODULES)
+
+
 def _cached_kernel() -> OuterKernel | None:
     """The newest kernel a previous run prepared, if any (so runs need no apt look-up)."""
     dirs = sorted(rig_dir().glob("kernel-*/done"), key=lambda p: p.stat().st_mtime, reverse=True)
@@ -150,10 +154,12 @@ def _cached_kernel() -> OuterKernel | None:
 
 def _load_kernel(directory: Path) -> OuterKernel | None:
     try:
-        release, *modules = (directory / "done").read_text().split("\n")
+        release, *lines = (directory / "done").read_text().split("\n")
     except OSError:
         return None
-    paths = [directory / "modules" / m for m in modules if m]
+    if _WANTED_LINE not in lines:  # prepared for another module list (e.g. before vhost_net joined it)
+        return None
+    paths = [directory / "modules" / m for m in lines if m and not m.startswith("#")]
     vmlinuz = directory / "vmlinuz"
     if not vmlinuz.exists() or not all(p.exists() for p in paths):
         return None
@@ -233,7 +239,7 @@ def _fetch_kernel(package: str) -> OuterKernel:
             name = rel.rsplit("/", 1)[-1]
             shutil.copy2(moddir / rel, staging / "modules" / name)
             names.append(name)
-        (staging / "done").write_text("\n".join([release, *names]) + "\n")
+        (staging / "done").write_text("\n".join([release, *names, _WANTED_LINE]) + "\n")
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

@@ -19,17 +19,15 @@ own registrations are made on the loop thread (:meth:`Net._on_loop`).
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
-from typing import ClassVar
 
 from firelet.devices.protocols import Cancellable, Readiness
 from firelet.devices.rate_limiter import LimiterConfig, RateLimiter
-from firelet.devices.virtio.device import TYPE_NET, InterruptSignal, VirtioDeviceBase
+from firelet.devices.virtio.device import InterruptSignal
 from firelet.devices.virtio.net.frames import (
     MAX_BUFFER_LEN,
     VIRTIO_NET_F_CSUM,
@@ -40,33 +38,25 @@ from firelet.devices.virtio.net.frames import (
     VIRTIO_NET_F_HOST_TSO4,
     VIRTIO_NET_F_HOST_TSO6,
     VIRTIO_NET_F_HOST_UFO,
-    VIRTIO_NET_F_MAC,
     VIRTIO_NET_F_MRG_RXBUF,
     VNET_HDR_LEN,
     tx_frame,
 )
-from firelet.devices.virtio.net.metrics import NetMetrics
+from firelet.devices.virtio.net.interface import RX_QUEUE, TX_QUEUE, NetInterface, NetState
 from firelet.devices.virtio.net.rx import deliver
-from firelet.devices.virtio.net.tap import TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_UFO, Tap
+from firelet.devices.virtio.net.tap import Tap
 from firelet.devices.virtio.queue import VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, Queue
 from firelet.log import get_logger
 from firelet.memory.guest import GuestMemory
-from firelet.records import RecordError
 
 log = get_logger(__name__)
 
-RX_QUEUE = 0
-TX_QUEUE = 1
-QUEUE_SIZE = 256
-MAC_LEN = 6
 #: Frames moved per wake-up before other events get their turn (the fd is level-triggered,
 #: and a transmit queue with more is continued from the loop's call queue).
 BUDGET = 256
 EPOLLIN, EPOLLERR, EPOLLHUP = 0x001, 0x008, 0x010
-#: Offloads the TAP may use toward us, by the guest feature that lets the driver take them.
-_OFFLOADS = ((VIRTIO_NET_F_GUEST_TSO4, TUN_F_TSO4), (VIRTIO_NET_F_GUEST_TSO6, TUN_F_TSO6),
-             (VIRTIO_NET_F_GUEST_UFO, TUN_F_UFO))
-_FEATURES = (
+#: What the userspace path offers: every offload, mergeable buffers, both ring features.
+FEATURES = (
     1 << VIRTIO_NET_F_CSUM | 1 << VIRTIO_NET_F_GUEST_CSUM | 1 << VIRTIO_NET_F_GUEST_TSO4
     | 1 << VIRTIO_NET_F_GUEST_TSO6 | 1 << VIRTIO_NET_F_GUEST_UFO | 1 << VIRTIO_NET_F_HOST_TSO4
     | 1 << VIRTIO_NET_F_HOST_TSO6 | 1 << VIRTIO_NET_F_HOST_UFO | 1 << VIRTIO_NET_F_MRG_RXBUF
@@ -82,42 +72,14 @@ class _Wait:
     DEAD = "the TAP failed"
 
 
-@dataclasses.dataclass(frozen=True)
-class NetState:
-    """What an interface decided and the driver accepted; its queues are in the transport's state.
-
-    ``mac`` is the config space's (the driver may have written it); the TAP is opened
-    again by the restorer (``host_dev_name`` says which one was used, it may differ).
-    A frame read but not yet delivered is not kept: the network may lose a frame.
-    """
-
-    VERSION: ClassVar[int] = 1
-
-    iface_id: str
-    host_dev_name: str
-    mac: bytes
-    has_mac: bool
-    acked_features: int
-
-
-class Net(VirtioDeviceBase):
+class Net(NetInterface):
     """A virtio network device whose host end is ``tap``; call :meth:`close` when the VM ends."""
-
-    device_type = TYPE_NET
-    queue_max_sizes: tuple[int, ...] = (QUEUE_SIZE, QUEUE_SIZE)
 
     def __init__(self, iface_id: str, tap: Tap, loop: Readiness, *, guest_mac: bytes | None = None,
                  rx_limiter: RateLimiter | None = None, tx_limiter: RateLimiter | None = None) -> None:
-        if guest_mac is not None and len(guest_mac) != MAC_LEN:
-            raise ValueError(f"guest_mac must be {MAC_LEN} bytes, got {len(guest_mac)}")
-        super().__init__(_FEATURES | (1 << VIRTIO_NET_F_MAC if guest_mac is not None else 0))
-        self.iface_id = iface_id
-        self.tap = tap
-        self.metrics = NetMetrics()
-        self.mac = bytearray(guest_mac if guest_mac is not None else bytes(MAC_LEN))
+        super().__init__(iface_id, tap, loop, FEATURES, guest_mac)
         self.rx_limiter = rx_limiter if rx_limiter is not None else RateLimiter()
         self.tx_limiter = tx_limiter if tx_limiter is not None else RateLimiter()
-        self._loop = loop
         self._lock = threading.RLock()
         self._rx_buf = bytearray(MAX_BUFFER_LEN)
         self._rx_view = memoryview(self._rx_buf)
@@ -132,18 +94,6 @@ class Net(VirtioDeviceBase):
         self._closed = False
 
     # -- configuration ------------------------------------------------------------------
-    def config_space(self) -> bytes:
-        """§5.1.4: mac (the only field we offer a feature for)."""
-        return bytes(self.mac)
-
-    def write_config(self, offset: int, data: bytes | memoryview) -> None:
-        """A legacy driver may write the MAC; anything else is refused (counted)."""
-        if self.has_feature(VIRTIO_NET_F_MAC) or not 0 <= offset <= offset + len(data) <= MAC_LEN:
-            self.metrics.cfg_fails += 1
-            return
-        self.mac[offset : offset + len(data)] = data
-        self.metrics.mac_address_updates += 1
-
     def update_rate_limiters(self, rx: LimiterConfig | None, tx: LimiterConfig | None) -> None:
         """PATCH: new buckets for either direction (None keeps it); a throttled one retries at once."""
         with self._lock:
@@ -158,18 +108,7 @@ class Net(VirtioDeviceBase):
     def activate(self, mem: GuestMemory, queues: Sequence[Queue], interrupt: InterruptSignal) -> None:
         with self._lock:
             super().activate(mem, queues, interrupt)
-            offload = 0
-            if self.has_feature(VIRTIO_NET_F_GUEST_CSUM):
-                offload = TUN_F_CSUM
-                for feature, flag in _OFFLOADS:
-                    if self.has_feature(feature):
-                        offload |= flag
-            try:
-                self.tap.set_vnet_hdr_size(VNET_HDR_LEN)
-                self.tap.set_offload(offload)
-            except OSError as exc:
-                self.metrics.activate_fails += 1
-                log.warning("virtio-net %s: cannot set up TAP %s: %s", self.iface_id, self.tap.name, exc.strerror)
+            self.prepare_tap()
             self._rx_wait = None
         self._on_loop(self._sync_loop)
 
@@ -206,33 +145,16 @@ class Net(VirtioDeviceBase):
     # -- snapshots ------------------------------------------------------------------------------
     def save_state(self) -> NetState:
         with self._lock:
-            return NetState(self.iface_id, self.tap.name, bytes(self.mac),
-                            bool(self.avail_features >> VIRTIO_NET_F_MAC & 1), self.acked_features)
+            return super().save_state()
 
     def restore_state(self, state: NetState) -> None:
         """Take ``state`` over on a device made for the same interface (the transport re-activates it)."""
-        if state.iface_id != self.iface_id:
-            raise RecordError(f"saved network interface {state.iface_id!r} is not {self.iface_id!r}")
-        if len(state.mac) != MAC_LEN:
-            raise RecordError(f"saved MAC of interface {state.iface_id!r} is {len(state.mac)} bytes, not {MAC_LEN}")
-        if state.has_mac != bool(self.avail_features >> VIRTIO_NET_F_MAC & 1):
-            raise RecordError(f"interface {self.iface_id!r} was saved {'with' if state.has_mac else 'without'} a "
-                              "guest_mac; configure it the same way to restore it")
-        if state.acked_features & ~self.avail_features:
-            raise RecordError(f"saved interface features {state.acked_features:#x} were never offered "
-                              f"({self.avail_features:#x})")
+        self.check_state(state)
         with self._lock:
             self.mac[:] = state.mac
             self.acked_features = state.acked_features
 
     # -- the event loop's side ---------------------------------------------------------------
-    def _on_loop(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` now if this thread may touch the loop (its own, or none running), else hand it over."""
-        try:
-            fn()
-        except RuntimeError:  # EventLoop refuses registrations from other threads before changing anything
-            self._loop.call_soon(fn)
-
     def _sync_loop(self) -> None:
         """Make the loop watch the TAP exactly when receiving is wanted (idempotent)."""
         with self._lock:
