@@ -258,22 +258,30 @@ def test_through_the_api_a_flood_the_guest_never_reads_leaves_the_api_and_disk_s
         stderr.close()
 
 
+def _config_file(tmp_path: Path, kernel: Any, rootfs: Path, boot_args: str,
+                 interfaces: list[dict[str, Any]]) -> tuple[Path, Path]:
+    """A Firecracker config file booting ``kernel`` on the read-only ``rootfs`` with ``interfaces``;
+    (its path, the serial console's file)."""
+    serial = tmp_path / "serial.out"
+    config = tmp_path / "vm.json"
+    config.write_text(json.dumps({
+        "boot-source": {"kernel_image_path": str(kernel.vmlinux), "boot_args": f"{DEFAULT_BOOT_ARGS} {boot_args}"},
+        "drives": [{"drive_id": "rootfs", "path_on_host": str(rootfs), "is_root_device": True, "is_read_only": True}],
+        "network-interfaces": interfaces,
+        "serial": {"serial_out_path": str(serial)},
+    }))
+    return config, serial
+
+
 def test_a_config_file_brings_the_interface_up(kernel, rootfs: Path, guest_netns: Callable[..., GuestNetns],
                                                tmp_path: Path) -> None:
     """(c) through ``firelet-vmm --config-file``: the same exchange, small."""
     net = guest_netns(taps=1)
     tap = net.taps[0]
     cmd = "; ".join([GUEST_EXCHANGE, exchange_cmd("eth0", tap.host.ip, SMALL)])
-    serial = tmp_path / "serial.out"
-    config = tmp_path / "vm.json"
-    config.write_text(json.dumps({
-        "boot-source": {"kernel_image_path": str(kernel.vmlinux),
-                        "boot_args": f"{DEFAULT_BOOT_ARGS} {tap.guest.boot_arg()} {guest_cmdline_for(cmd)}"},
-        "drives": [{"drive_id": "rootfs", "path_on_host": str(rootfs), "is_root_device": True, "is_read_only": True}],
-        "network-interfaces": [{"iface_id": "eth0", "host_dev_name": tap.name, "guest_mac": tap.guest.mac,
-                                "tx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}],
-        "serial": {"serial_out_path": str(serial)},
-    }))
+    config, serial = _config_file(tmp_path, kernel, rootfs, f"{tap.guest.boot_arg()} {guest_cmdline_for(cmd)}", [
+        {"iface_id": "eth0", "host_dev_name": tap.name, "guest_mac": tap.guest.mac,
+         "tx_rate_limiter": {"bandwidth": {"size": 0, "refill_time": 0}}}])
     with peer(net, tap, SMALL) as server:
         try:
             result = _run(net.argv([sys.executable, "-m", "firelet.cli.vmm", "--no-api", "--config-file",
@@ -297,17 +305,9 @@ def test_vhost_net_moves_checksummed_tcp_beside_a_userspace_interface(
     eth1 = dataclasses.replace(second.guest, iface="eth1")
     cmd = "; ".join([GUEST_EXCHANGE, *eth1.commands()[:2], exchange_cmd("eth0", first.host.ip, BIG),
                      exchange_cmd("eth1", second.host.ip, SMALL)])
-    serial = tmp_path / "serial.out"
-    config = tmp_path / "vm.json"
-    config.write_text(json.dumps({
-        "boot-source": {"kernel_image_path": str(kernel.vmlinux),
-                        "boot_args": f"{DEFAULT_BOOT_ARGS} {first.guest.boot_arg()} {guest_cmdline_for(cmd)}"},
-        "drives": [{"drive_id": "rootfs", "path_on_host": str(rootfs), "is_root_device": True, "is_read_only": True}],
-        "network-interfaces": [
-            {"iface_id": "eth0", "host_dev_name": first.name, "guest_mac": first.guest.mac, "vhost": True},
-            {"iface_id": "eth1", "host_dev_name": second.name, "guest_mac": second.guest.mac}],
-        "serial": {"serial_out_path": str(serial)},
-    }))
+    config, serial = _config_file(tmp_path, kernel, rootfs, f"{first.guest.boot_arg()} {guest_cmdline_for(cmd)}", [
+        {"iface_id": "eth0", "host_dev_name": first.name, "guest_mac": first.guest.mac, "vhost": True},
+        {"iface_id": "eth1", "host_dev_name": second.name, "guest_mac": second.guest.mac}])
     with peer(net, first, BIG) as big, peer(net, second, SMALL) as small:
         try:
             result = _run(net.argv([sys.executable, "-m", "firelet.cli.vmm", "--no-api", "--config-file",

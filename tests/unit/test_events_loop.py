@@ -9,6 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -388,7 +389,7 @@ def test_timer_heap_pops_exactly_the_live_due_timers_in_order(ops: list[tuple]) 
 
 def _watched(loop: EventLoop) -> set[int]:
     """The fds the loop's epoll holds, as the kernel lists them (proc(5), /proc/PID/fdinfo: "tfd:")."""
-    text = open(f"/proc/self/fdinfo/{loop._epoll.fileno()}").read()
+    text = Path(f"/proc/self/fdinfo/{loop._epoll.fileno()}").read_text()
     return {int(line.split()[1]) for line in text.splitlines() if line.startswith("tfd:")}
 
 
