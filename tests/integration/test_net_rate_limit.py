@@ -1,0 +1,125 @@
+"""An interface's RX rate limiter measured from inside a real guest (issue #13, "Done when"), in the rig.
+
+One firelet-vmm, driven through its API, one interface in the test's own namespace. The
+host sends a stream; the guest reads it 1 MiB at a time and prints its uptime after each
+MiB. The first MiBs run unlimited and give the path's own rate here; the test then PATCHes
+an RX limit well below it (a limit must bind to be measured: the issue's 10 MB/s is above
+what the rig's software CPU moves, 0.4-5 MB/s), and after the new bucket is spent the
+guest's clock must show the limit within ±10 % over the next MiBs. A second PATCH doubles
+the limit, live, and must show likewise. The measured rates are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from test_net import MIB_PRIME, Transfer, _env, _wait_console, _wait_sock, peer
+
+from firelet.builder.boot import DEFAULT_BOOT_ARGS
+from firelet.devtools.images import guest_cmdline_for
+
+import netns
+from conftest import BOOT_TIMEOUT_S, api_ok
+from netns import GuestNetns
+
+guest_netns = netns.guest_netns  # the fixture: pytest finds it in this module under its name
+
+MiB = 1 << 20
+BASE_STEPS = 4  # unlimited MiBs: the path's own rate
+SKIP = 3  # MiBs after a PATCH: the one in flight, one whose MARK may be late, the bucket emptying (_patch)
+MEASURED = 6  # MiBs measured at each limit
+STEPS = BASE_STEPS + 2 * (SKIP + MEASURED) + 2  # two spare: a PATCH seen one step late
+STREAM = Transfer(STEPS + 2, MIB_PRIME)
+#: The first limit: a fifth of the unlimited rate (the doubled one 2/5: the path's own rate swings), so both bind;
+#: within these (bytes/s).
+LIMIT_MIN, LIMIT_MAX = 50_000, 1_000_000
+TOLERANCE = 0.10
+
+
+def guest_command(host: object) -> str:
+    """Read the stream from ``host`` a MiB at a time, printing ``MARK step uptime`` after each."""
+    return (f"nc {host} 5002 | {{ i=0; while [ $i -lt {STEPS} ]; do dd of=/dev/null bs={MiB} count=1 "
+            f"iflag=fullblock 2>/dev/null; read t b </proc/uptime; echo MARK $i $t; i=$((i+1)); done; "
+            f"cat >/dev/null; }}; echo rx-done")
+
+
+def _marks(serial: Path) -> dict[int, float]:
+    text = serial.read_text(errors="replace").replace("\r", "") if serial.exists() else ""
+    return {int(i): float(t) for i, t in re.findall(r"^MARK (\d+) ([\d.]+)$", text, re.M)}
+
+
+def _rate(marks: dict[int, float], first: int, last: int) -> float:
+    """Bytes per second of guest time from the end of step ``first`` to the end of step ``last``."""
+    return (last - first) * MiB / (marks[last] - marks[first])
+
+
+def _patch(sock: Path, serial: Path, limit: int) -> int:
+    """Limit eth0's RX to ``limit`` bytes/s; the last step done before it.
+
+    The bucket holds a quarter second's worth: after the PATCH it is full, and the stream runs
+    at the path's own rate U until it is empty, which lets ``size * U / (U - limit)`` bytes
+    through (at U = 2 * limit, twice the bucket); that must stay inside the skipped MiBs.
+    """
+    bucket = {"size": limit // 4, "refill_time": 250}
+    api_ok(sock, "PATCH", "/network-interfaces/eth0", {"iface_id": "eth0", "rx_rate_limiter": {"bandwidth": bucket}})
+    return max(_marks(serial), default=-1)
+
+
+def _await_step(serial: Path, step: int, proc: subprocess.Popen[str], timeout: float) -> dict[int, float]:
+    deadline = time.monotonic() + timeout
+    while step not in (marks := _marks(serial)):
+        assert proc.poll() is None, f"firelet-vmm ended ({proc.returncode}) before step {step}"
+        assert time.monotonic() < deadline, f"no step {step} within {timeout:.0f} s: {marks}"
+        time.sleep(0.2)
+    return marks
+
+
+def test_an_rx_limit_holds_in_the_guest_and_a_patch_changes_it_live(
+        kernel, rootfs: Path, guest_netns: Callable[..., GuestNetns], tmp_path: Path) -> None:
+    net = guest_netns(taps=1)
+    tap = net.taps[0]
+    sock, serial = tmp_path / "api.sock", tmp_path / "serial.out"
+    cmd = guest_command(tap.host.ip)
+    stderr = (tmp_path / "vmm.err").open("w")
+    vmm = subprocess.Popen(net.argv([sys.executable, "-m", "firelet.cli.vmm", "--api-sock", str(sock)]),
+                           env=_env(), stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+    try:
+        with peer(net, tap, STREAM):
+            _wait_sock(sock, vmm)
+            api_ok(sock, "PUT", "/boot-source", {"kernel_image_path": str(kernel.vmlinux), "boot_args":
+                   f"{DEFAULT_BOOT_ARGS} {tap.guest.boot_arg()} {guest_cmdline_for(cmd)}"})
+            api_ok(sock, "PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": str(rootfs),
+                                                   "is_root_device": True, "is_read_only": True})
+            api_ok(sock, "PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap.name,
+                                                             "guest_mac": tap.guest.mac})
+            api_ok(sock, "PUT", "/serial", {"serial_out_path": str(serial)})
+            api_ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
+            marks = _await_step(serial, BASE_STEPS - 1, vmm, BOOT_TIMEOUT_S)
+            unlimited = _rate(marks, 0, BASE_STEPS - 1)
+            limit = int(min(LIMIT_MAX, max(LIMIT_MIN, unlimited / 5)) // 10_000 * 10_000)
+            results = []
+            for rate in (limit, 2 * limit):
+                before = _patch(sock, serial, rate)
+                first = before + SKIP
+                last = first + MEASURED
+                assert last < STEPS, f"the PATCH came late (after step {before})"
+                marks = _await_step(serial, last, vmm, 3 * (last - before) * MiB / rate + 60)
+                results.append((rate, _rate(marks, first, last)))
+            _wait_console(serial, r"^rx-done$")
+        print(f"\nRX unlimited: {unlimited / 1e6:.3f} MB/s; "
+              + "; ".join(f"limited to {r / 1e6:g} MB/s: {m / 1e6:.3f} MB/s ({m / r - 1:+.1%}) over {MEASURED} MiB"
+                          for r, m in results), flush=True)
+        assert unlimited > 2 * limit, f"the path's own rate {unlimited / 1e6:.3f} MB/s leaves no room for a limit"
+        for rate, measured in results:
+            assert abs(measured - rate) <= TOLERANCE * rate, f"{measured / 1e6:.3f} MB/s against {rate / 1e6:g} MB/s"
+        assert vmm.wait(BOOT_TIMEOUT_S) == 0, (tmp_path / "vmm.err").read_text()[-3000:]
+    finally:
+        if vmm.poll() is None:
+            vmm.kill()
+            vmm.wait(10)
+        stderr.close()
