@@ -80,6 +80,12 @@ def rerun_in_rig(script: str, argv: list[str], args: argparse.Namespace, why: st
     argv = [a for a in argv if a != "--json" and a != str(args.json)]
     shares = []
     if args.json is not None:  # the rig's /tmp is its own: share the folder the report goes to
+        folder = args.json.resolve().parent
+        if folder in (Path("/tmp"), Path("/run"), Path("/dev/shm")):  # shared over 9p, it would hide the rig's own
+            print(f"bench: error: --json {args.json}: put the report in a folder of its own, not directly in "
+                  f"{folder} (the rig would share {folder} itself, where its VMMs make their sockets)",
+                  file=sys.stderr)
+            return 2
         args.json.parent.mkdir(parents=True, exist_ok=True)
         shares.append(args.json.resolve().parent)
         argv = [*argv, "--json", str(args.json.resolve())]
