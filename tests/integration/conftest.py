@@ -225,7 +225,10 @@ def exit_if_the_rig_corrupted_a_ring(console: str) -> None:
 
 #: A triple fault that leaves the vCPU in its reset state: what KVM on AMD reports for any
 #: triple fault (it re-initialises the VMCB), including the rig's (docs/testing.md).
-_RESET_STATE_TRIPLE_FAULT = re.compile(r"guest triple-faulted: vCPU \d+: rip=0xfff0 rsp=0x0 .*cr3=0x0 ")
+#: Matched as a message prints it ("guest triple-faulted: vCPU 0: rip=...") and as an assertion's
+#: repr of the VmExit shows it ("'guest triple-faulted'>, detail='vCPU 0: rip=...").
+_RESET_STATE_TRIPLE_FAULT = re.compile(
+    r"guest triple-faulted(?::|'>, detail=') ?'?vCPU \d+: rip=0xfff0 rsp=0x0 .*cr3=0x0 ")
 
 
 def exit_if_the_rig_reset_a_guest(text: str) -> None:
