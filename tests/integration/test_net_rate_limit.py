@@ -39,6 +39,10 @@ STREAM = Transfer(STEPS + 2, MIB_PRIME)
 #: within these (bytes/s).
 LIMIT_MIN, LIMIT_MAX = 50_000, 1_000_000
 TOLERANCE = 0.10
+#: Slack for a TCP retransmission timeout: a throttled RX lets the TAP's queue overflow, the kernel
+#: drops, and TCP's backed-off timer can idle the stream for a minute or two (one CI run waited 111 s
+#: at 0.5 MB/s with no new MiB; whether TCP or firelet stalled is not known yet).
+RECOVERY_S = 240
 
 
 def guest_command(host: object) -> str:
@@ -108,7 +112,7 @@ def test_an_rx_limit_holds_in_the_guest_and_a_patch_changes_it_live(
                 first = before + SKIP
                 last = first + MEASURED
                 assert last < STEPS, f"the PATCH came late (after step {before})"
-                marks = _await_step(serial, last, vmm, 3 * (last - before) * MiB / rate + 60)
+                marks = _await_step(serial, last, vmm, 3 * (last - before) * MiB / rate + RECOVERY_S)
                 results.append((rate, _rate(marks, first, last)))
             _wait_console(serial, r"^rx-done$")
         print(f"\nRX unlimited: {unlimited / 1e6:.3f} MB/s; "
