@@ -17,6 +17,7 @@ linux/vhost_types.h (the ioctls and structures below).
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import struct
 import threading
@@ -38,6 +39,7 @@ from firelet.devices.virtio.queue import (
 )
 from firelet.log import get_logger
 from firelet.memory.guest import GuestMemory, GuestMemoryError
+from firelet.records import RecordError
 
 log = get_logger(__name__)
 
@@ -148,8 +150,6 @@ def open_device() -> int:
 
 
 def _ioctl(fd: int, request: int, arg: int | bytes | bytearray) -> None:
-    import fcntl
-
     fcntl.ioctl(fd, request, arg)
 
 
@@ -248,8 +248,6 @@ class VhostNet(NetInterface):
         self._on_loop(finish)
 
     def save_state(self) -> NoReturn:
-        from firelet.records import RecordError
-
         raise RecordError(f"network interface {self.iface_id} runs on vhost-net, whose ring positions are in "
                           "the kernel: snapshots of it are not supported")
 
