@@ -7,6 +7,7 @@ they never skip: without real KVM they fail, saying how to run them.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -246,6 +247,40 @@ def exit_if_the_rig_reset_a_guest(text: str) -> None:
     if os.environ.get(ENV_IN_RIG) == "1" and found:
         pytest.exit(f"the rig killed a booting guest, not (as far as known) a firelet failure: {found.group(0)}",
                     returncode=125)
+
+
+#: A rate limit measured in the rig is at most this fraction of what the path does unlimited there.
+BIND = 5
+
+
+def binding_limit(target: int, unlimited: float, floor: int) -> int:
+    """``target`` (an issue's figure) where it binds against ``unlimited``, else the largest round
+    figure that does: a limit above what the path does unlimited measures nothing."""
+    if target * BIND <= unlimited:
+        return target
+    step = 10 ** max(0, len(str(int(unlimited / BIND))) - 2)
+    limit = int(unlimited / BIND) // step * step
+    assert limit >= floor, f"unlimited, the path did only {unlimited:g}/s here: no limit below it can be measured"
+    return limit
+
+
+def exit_if_a_guest_clock_went_back(marks: dict[int, float], detail: str = "") -> None:
+    """In the nested rig only: a guest whose uptime, printed after each step, went backwards ends
+    the session with 125.
+
+    /proc/uptime cannot go back on a sound clock; seen once in the rig (a single-vCPU guest
+    under an interface limit, 2026-12-03), where the outer kernel runs with ``tsc=reliable``
+    on TCG's emulated TSC and the guest's kvmclock follows it. firelet sets no clock: a guest
+    rate measured over such a jump means nothing. Outside the rig it stays a failure.
+    """
+    from firelet.devtools.nested.detect import ENV_IN_RIG
+
+    steps = sorted(marks)
+    back = [(a, b) for a, b in itertools.pairwise(steps) if marks[b] < marks[a]]
+    if os.environ.get(ENV_IN_RIG) == "1" and back:
+        a, b = back[0]
+        pytest.exit(f"the guest's clock went back in the rig (step {a} at {marks[a]} s, step {b} at {marks[b]} s), "
+                    f"not (as far as known) a firelet failure{detail}", returncode=125)
 
 
 @pytest.hookimpl(hookwrapper=True)
