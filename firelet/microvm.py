@@ -113,7 +113,7 @@ class MicroVM:
 
     @classmethod
     def from_config_file(cls, path: PathLike, **kwargs: Any) -> MicroVM:
-        from firelet.config.model import load_config_file
+        from firelet.config.files import load_config_file
 
         return cls(config=load_config_file(path), **kwargs)
 

@@ -109,7 +109,7 @@ def _console(spec: str):
 
 def build_microvm(args: argparse.Namespace) -> tuple[Any, bool]:
     """The MicroVM the arguments describe, and whether its console is interactive (:func:`console_for`)."""
-    from firelet.config.model import load_config_file
+    from firelet.config.files import load_config_file
     from firelet.microvm import MicroVM
 
     if args.config_file:

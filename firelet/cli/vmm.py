@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     install_kick_handler()
     from firelet.api.routes import Api
     from firelet.api.server import ApiServer, Request, bind_unix_socket, remove_socket_file
-    from firelet.config import model as cfg
+    from firelet.config.files import load_config_file
     from firelet.events.loop import EventLoop
     from firelet.metrics import Metrics
 
@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
               mmds_size_limit=args.mmds_size_limit or args.http_api_max_payload_size)
     setup.setup_logger(api, args)
     metadata = setup.read_metadata(args.metadata) if args.metadata else None
-    file_config = cfg.load_config_file(args.config_file) if args.config_file else None
+    file_config = load_config_file(args.config_file) if args.config_file else None
     server = None
     for signum in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, _on_signal)
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
 
     remove_report = on_dump_signal(lambda: _report_vcpus(api.backend))
     try:
-        setup.setup_metrics(api, args, cfg)  # before the socket answers: FlushMetrics must find it
+        setup.setup_metrics(api, args)  # before the socket answers: FlushMetrics must find it
         if metadata is not None:  # ...and the first GET /mmds the data
             setup.apply(api, Request, "PUT", "/mmds", metadata, what="--metadata")
         if not args.no_api:

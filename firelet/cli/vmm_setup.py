@@ -21,7 +21,8 @@ def setup_logger(api: Api, args: argparse.Namespace) -> None:
     if not args.log_path:
         return
     from firelet import logs
-    from firelet.config.model import Logger, normalize_log_level
+    from firelet.config.model import Logger
+    from firelet.config.rules import normalize_log_level
 
     try:
         level = normalize_log_level(args.level)
@@ -39,16 +40,17 @@ def setup_logger(api: Api, args: argparse.Namespace) -> None:
                                       FIRECRACKER_API_VERSION)
 
 
-def setup_metrics(api: Api, args: argparse.Namespace, cfg: Any) -> None:
+def setup_metrics(api: Api, args: argparse.Namespace) -> None:
     if not args.metrics_path:
         return
+    from firelet.config.model import Metrics
     from firelet.metrics import MetricsWriter
 
     try:
         api.metrics_writer = MetricsWriter(args.metrics_path, api.metrics)
     except OSError as exc:
         raise UsageError(f"--metrics-path {args.metrics_path}: cannot open it: {exc.strerror}") from None
-    api.update(metrics=cfg.Metrics(metrics_path=args.metrics_path))
+    api.update(metrics=Metrics(metrics_path=args.metrics_path))
 
 
 def configure_and_start(api: Api, config: Any, request_type: Any) -> None:

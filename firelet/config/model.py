@@ -10,8 +10,6 @@ The rest of firelet sees only these structs, never raw dicts.
 
 # No ``from __future__ import annotations`` here: msgspec would then have to compile every
 # field's annotation string on the first decode, a cost the VMM pays at each start.
-import os
-import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -23,6 +21,12 @@ from firelet.config.decoding import (  # noqa: F401 - re-exported: the config's 
     decode_json,
     format_validation_error,
     to_builtins,
+)
+from firelet.config.rules import (
+    check_id,
+    check_mac,
+    first_duplicate,
+    normalize_log_level,
 )
 from firelet.devices.rate_limiter import MAX_REFILL_TIME_MS
 
@@ -47,9 +51,6 @@ _U32_MAX = (1 << 32) - 1  # firecracker.yaml: MemoryHotplugConfig sizes
 MMDS_DEFAULT_IPV4 = "169.254.169.254"
 
 CpuTemplate = Literal["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"]
-LOG_LEVELS = ("Error", "Warning", "Info", "Debug", "Trace", "Off")
-
-_MAC = r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}"  # compiled on first use: most VMs have no NIC
 
 
 class Model(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
@@ -172,7 +173,7 @@ class Drive(Model):
     socket: str | None = None
 
     def __post_init__(self) -> None:
-        _check_id("drive_id", self.drive_id)
+        check_id("drive_id", self.drive_id)
         if self.socket is None and not self.path_on_host:
             raise ValueError("path_on_host: required for a virtio-block drive (or give a vhost-user socket)")
         if self.socket is not None and self.path_on_host is not None:
@@ -196,7 +197,7 @@ class NetworkInterface(Model):
     vhost: bool = False
 
     def __post_init__(self) -> None:
-        _check_id("iface_id", self.iface_id)
+        check_id("iface_id", self.iface_id)
         if self.vhost and (self.rx_rate_limiter or self.tx_rate_limiter):
             raise ValueError("vhost: an interface on vhost-net moves its frames in the host kernel, where "
                              "firelet cannot limit them; drop rx_rate_limiter/tx_rate_limiter or vhost")
@@ -215,22 +216,6 @@ class NetworkInterface(Model):
         return bytes.fromhex(self.guest_mac.replace(":", "")) if self.guest_mac else None
 
 
-def check_mac(text: str) -> str:
-    """A guest MAC in lower case, or ValueError naming ``guest_mac``.
-
-    The guest's own address must be one a NIC may have: unicast (the I/G bit, bit 0 of the
-    first octet, clear; IEEE 802-2014 §8.2) and not all zeros, which Linux refuses as an
-    interface address (``is_valid_ether_addr``). Firecracker reports the MAC in lower case.
-    """
-    if not re.fullmatch(_MAC, text):
-        raise ValueError(f"guest_mac: expected a MAC like 06:00:ac:10:00:02, got {text!r}")
-    first = int(text[:2], 16)
-    if first & 1:
-        raise ValueError(f"guest_mac: expected a unicast MAC (first octet even), got multicast {text}")
-    if text.replace(":", "").strip("0") == "":
-        raise ValueError(f"guest_mac: expected a unicast MAC, got the all-zero address {text}")
-    return text.lower()
-
 
 class Pmem(Model):
     """A virtio-pmem device backed by a host file (firecracker.yaml, Pmem)."""
@@ -242,7 +227,7 @@ class Pmem(Model):
     rate_limiter: RateLimiter | None = None
 
     def __post_init__(self) -> None:
-        _check_id("id", self.id)
+        check_id("id", self.id)
         if not self.path_on_host:
             raise ValueError("path_on_host: expected a path, got an empty string")
 
@@ -293,14 +278,6 @@ class Logger(Model):
         if self.level is not None:
             self.level = normalize_log_level(self.level)
 
-
-def normalize_log_level(level: str) -> str:
-    """Firecracker's levels, case-insensitive (firecracker.yaml, Logger.level); ``Warn`` is an alias."""
-    wanted = "warning" if level.lower() == "warn" else level.lower()
-    for known in LOG_LEVELS:
-        if known.lower() == wanted:
-            return known
-    raise ValueError(f"level: expected one of {', '.join(LOG_LEVELS)}, got {level!r}")
 
 
 class Metrics(Model):
@@ -376,39 +353,24 @@ class VmConfig(
         return next((d for d in self.drives if d.is_root_device), None)
 
 
-def _check_id(field: str, value: str) -> None:
-    # Firecracker ids are path segments: printable, no slash, bounded.
-    if not value or len(value) > 64 or not all(c.isalnum() or c in "_-." for c in value):
-        raise ValueError(f"{field}: expected 1-64 characters of letters, digits, '_', '-' or '.', got {value!r}")
-
-
-def _duplicate(values: list[str]) -> str | None:
-    seen: set[str] = set()
-    for value in values:
-        if value in seen:
-            return value
-        seen.add(value)
-    return None
-
-
 def _cross_field_problem(cfg: VmConfig) -> str | None:
     """The first rule spanning several sections that ``cfg`` breaks, as a message, or None."""
     roots = [d.drive_id for d in cfg.drives if d.is_root_device]
     if len(roots) > 1:
         return f"drives: only one drive may be the root device, got {', '.join(roots)}"
-    dup = _duplicate([d.drive_id for d in cfg.drives])
+    dup = first_duplicate([d.drive_id for d in cfg.drives])
     if dup:
         return f"drives: drive_id {dup!r} appears more than once"
-    dup = _duplicate([p.id for p in cfg.pmem])
+    dup = first_duplicate([p.id for p in cfg.pmem])
     if dup:
         return f"pmem: id {dup!r} appears more than once"
-    dup = _duplicate([n.iface_id for n in cfg.network_interfaces])
+    dup = first_duplicate([n.iface_id for n in cfg.network_interfaces])
     if dup:
         return f"network-interfaces: iface_id {dup!r} appears more than once"
-    dup = _duplicate([n.host_dev_name for n in cfg.network_interfaces])
+    dup = first_duplicate([n.host_dev_name for n in cfg.network_interfaces])
     if dup:
         return f"network-interfaces: host_dev_name {dup!r} is used by more than one interface"
-    dup = _duplicate([n.guest_mac.lower() for n in cfg.network_interfaces if n.guest_mac])
+    dup = first_duplicate([n.guest_mac.lower() for n in cfg.network_interfaces if n.guest_mac])
     if dup:
         return f"network-interfaces: guest_mac {dup} is used by more than one interface"
     if cfg.mmds_config is not None:
@@ -434,33 +396,3 @@ def check_startable(cfg: VmConfig) -> None:
     """What a VM needs beyond a valid config before it can start: a kernel."""
     if cfg.boot_source is None:
         raise ConfigError("boot-source: no kernel configured; set boot-source.kernel_image_path before starting")
-
-
-def decode_config(data: bytes, *, source: str = "config") -> VmConfig:
-    """A whole configuration file's bytes as a validated :class:`VmConfig`; ``source`` prefixes errors."""
-    try:
-        return decode_json(data, VmConfig)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-
-
-def load_config_file(path: str | os.PathLike[str]) -> VmConfig:
-    """Read and validate a Firecracker-style ``--config-file``; refuse what firelet cannot do yet."""
-    from firelet.config.support import refuse_unsupported
-
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror}") from None
-    cfg = decode_config(data, source=f"config file {path}")
-    try:
-        refuse_unsupported(cfg)
-    except ConfigError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
-    return cfg
-
-
-def encode_config(cfg: VmConfig) -> bytes:
-    """The configuration as Firecracker-shaped JSON (what ``GET /vm/config`` returns)."""
-    return msgspec.json.encode(cfg)

@@ -13,6 +13,7 @@ import pytest
 from firelet.api.routes import Api
 from firelet.config import model
 from firelet.config.export import full_vm_configuration
+from firelet.config.files import load_config_file
 
 from api_fake_backend import FakeBackend, call, serve
 
@@ -85,7 +86,7 @@ def test_a_configured_vm_round_trips_through_the_config_file_loader(api: tuple[A
     exported = _ok(sock, "GET", "/vm/config")
     saved = tmp / "vm_config.json"
     saved.write_text(json.dumps(exported))
-    loaded = model.load_config_file(saved)
+    loaded = load_config_file(saved)
     assert _firelet_sections(loaded) == _firelet_sections(a.config)
     assert json.loads(json.dumps(full_vm_configuration(loaded))) == exported  # and back again, unchanged
     assert a.metrics_writer is not None  # set by PUT /metrics above

@@ -18,7 +18,8 @@ import pytest
 
 from firelet.builder.boot import check_inputs
 from firelet.config.decoding import ConfigError
-from firelet.config.model import VmConfig, decode_config, load_config_file
+from firelet.config.files import decode_config, load_config_file
+from firelet.config.model import VmConfig
 from firelet.config.support import unsupported
 from firelet.devtools.cache import repo_root
 from firelet.errors import UsageError

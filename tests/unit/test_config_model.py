@@ -10,14 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firelet.config import model as cfgmod
+from firelet.config.files import decode_config, encode_config, load_config_file
 from firelet.config.model import (
     ConfigError,
     VmConfig,
     check_config,
     check_startable,
-    decode_config,
-    encode_config,
-    load_config_file,
 )
 from firelet.errors import UsageError
 
@@ -214,7 +212,7 @@ def test_parts_firelet_cannot_do_yet_are_refused_not_ignored(tmp_path) -> None:
     import pytest
 
     from firelet.builder.boot import check_inputs
-    from firelet.config.model import decode_config
+    from firelet.config.files import decode_config
     from firelet.errors import UsageError
 
     kernel = tmp_path / "vmlinux"

@@ -14,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firelet.config.model import _I64_MAX, MAX_REFILL_TIME_MS, ConfigError, VmConfig, decode_config
+from firelet.config.files import decode_config
+from firelet.config.model import _I64_MAX, MAX_REFILL_TIME_MS, ConfigError, VmConfig
 from firelet.devices.rate_limiter import RateLimiter
 
 
