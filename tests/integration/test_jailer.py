@@ -1,7 +1,8 @@
 """A jailed firelet-vmm boots the guest through its API socket inside the jail (issue #14, "Done when").
 
 The first test's VMM runs in a network namespace the test made (the jailer's --netns),
-which holds the guest's TAP; the guest pings the TAP's host address there.
+which holds the guest's TAP; the guest pings the TAP's host address there, once through
+the VMM's userspace path and once through the jail's /dev/vhost-net.
 
 Runs in the nested rig: real KVM, cgroup2 with every controller at /sys/fs/cgroup, /tmp a
 tmpfs. The kernel and the root image are placed in the jail's root by the test, as a
@@ -87,12 +88,13 @@ def _wait_for_socket(sock: Path, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.1)
 
 
-def _boot(sock: Path, command: str, mem_mib: int, tap: netns.GuestTap | None = None) -> None:
+def _boot(sock: Path, command: str, mem_mib: int, tap: netns.GuestTap | None = None, vhost: bool = False) -> None:
     ip = f"{tap.guest.boot_arg()} " if tap is not None else ""
     api_ok(sock, "PUT", "/boot-source", {"kernel_image_path": "/vmlinux",
                                       "boot_args": f"console=ttyS0 reboot=k panic=-1 {ip}{guest_cmdline_for(command)}"})
     if tap is not None:
-        api_ok(sock, "PUT", "/network-interfaces/eth0", {"iface_id": "eth0", "host_dev_name": tap.name})
+        api_ok(sock, "PUT", "/network-interfaces/eth0",
+               {"iface_id": "eth0", "host_dev_name": tap.name} | ({"vhost": True} if vhost else {}))
     api_ok(sock, "PUT", "/drives/rootfs", {"drive_id": "rootfs", "path_on_host": "/rootfs.ext4",
                                         "is_root_device": True, "is_read_only": False})
     api_ok(sock, "PUT", "/machine-config", {"vcpu_count": 1, "mem_size_mib": mem_mib})
@@ -100,8 +102,10 @@ def _boot(sock: Path, command: str, mem_mib: int, tap: netns.GuestTap | None = N
     api_ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
 
 
+@pytest.mark.parametrize("vhost", [False, True], ids=["userspace", "vhost"])
 def test_jailed_vmm_boots_the_guest_through_its_api_inside_the_jail(kernel, rootfs: Path, base: Path,
-                                                                    guest_netns) -> None:
+                                                                    guest_netns, vhost: bool) -> None:
+    """With ``vhost``, eth0 runs on the jail's /dev/vhost-net node, under the VMM's seccomp filters."""
     vm_id, parent = "jailed-1", f"firelet-it-{uuid.uuid4().hex[:8]}"
     net = guest_netns(taps=1, owner=UID)  # the jailed VMM's uid may attach to its TAP
     tap = net.taps[0]
@@ -116,7 +120,7 @@ def test_jailed_vmm_boots_the_guest_through_its_api_inside_the_jail(kernel, root
         in_cgroup = (cgroup / "cgroup.procs").read_text().split()
         status = Path(f"/proc/{pid}/status").read_text()
         _boot(root / "run" / "api.sock", f"echo {MARKER} > /root/jailed; sync; echo {MARKER}; "
-              f"ping -c 2 -W 10 {tap.host.ip} && echo {PINGED}", 256, tap)
+              f"ping -c 2 -W 10 {tap.host.ip} && echo {PINGED}", 256, tap, vhost)
         code = proc.wait(BOOT_TIMEOUT_S)
         err = proc.stderr.read().decode()
     finally:

@@ -30,7 +30,14 @@ from firelet.builder.boot import DEFAULT_BOOT_ARGS
 from firelet.devtools.images import guest_cmdline_for
 
 import netns
-from conftest import BOOT_TIMEOUT_S, api_call, api_ok, binding_limit, exit_if_a_guest_clock_went_back
+from conftest import (
+    BOOT_TIMEOUT_S,
+    api_call,
+    api_ok,
+    binding_limit,
+    exit_if_a_guest_clock_went_back,
+    exit_if_the_rig_corrupted_a_ring,
+)
 from netns import GuestNetns
 
 guest_netns = netns.guest_netns  # the fixture: pytest finds it in this module under its name
@@ -126,6 +133,7 @@ def _await_step(sock: Path, serial: Path, step: int, proc: subprocess.Popen[str]
                 timeout: float) -> dict[int, float]:
     deadline = time.monotonic() + timeout
     while step not in (marks := _marks(serial)):
+        exit_if_the_rig_corrupted_a_ring(_tail(serial))  # a stream's end in the rig: docs/testing.md
         assert proc.poll() is None, (f"firelet-vmm ended ({proc.returncode}) before step {step}: "
                                      f"{_diagnosis(sock, serial, proc, net)}")
         assert time.monotonic() < deadline, f"no step {step} within {timeout:.0f} s: {marks}{_diagnosis(sock, serial, proc, net)}"
