@@ -99,7 +99,9 @@ def _note_marks(serial: Path, seen: dict[int, float]) -> None:
 def _span(text: str, name: str) -> float:
     found = re.search(rf"^{name} ([\d.]+) ([\d.]+)$", text, re.MULTILINE)
     assert found, f"no {name} line in the guest's output:\n{text[-3000:]}"
-    return float(found.group(2)) - float(found.group(1))
+    start, end = float(found.group(1)), float(found.group(2))
+    exit_if_a_guest_clock_went_back({0: start, 1: end}, f" (the {name} span)\n{text[-3000:]}")
+    return end - start
 
 
 def _within(measured: float, limit: float) -> bool:

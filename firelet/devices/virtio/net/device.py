@@ -322,7 +322,7 @@ class Net(NetInterface):
             else:
                 views, length = frame
                 if not self.tx_limiter.consume_io(length, 1):
-                    queue.next_avail = (queue.next_avail - 1) & 0xFFFF  # the same chain, when the timer fires
+                    queue.undo_pop()  # the same chain, when the timer fires
                     self.metrics.tx_rate_limiter_throttled += 1
                     self._tx_throttled = True
                     self._arm(TX_QUEUE, self.tx_limiter)
