@@ -249,6 +249,11 @@ def exit_if_the_rig_reset_a_guest(text: str) -> None:
                     returncode=125)
 
 
+def file_tail(path: Path, chars: int = 3000) -> str:
+    """The end of a file a failure should show (a console, a VMM's stderr or log), or "(none)"."""
+    return path.read_text(errors="replace")[-chars:] if path.exists() else "(none)"
+
+
 #: A rate limit measured in the rig is at most this fraction of what the path does unlimited there.
 BIND = 5
 

@@ -41,7 +41,7 @@ from typing import Any
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import guest_cmdline_for
 
-from conftest import BOOT_TIMEOUT_S, api_ok, binding_limit, exit_if_a_guest_clock_went_back
+from conftest import BOOT_TIMEOUT_S, api_ok, binding_limit, exit_if_a_guest_clock_went_back, file_tail
 
 MiB = 1 << 20
 #: Issue #13's figures: the limits wherever they bind (bytes/s, requests/s).
@@ -111,14 +111,10 @@ def _within(measured: float, limit: float) -> bool:
 def _await(serial: Path, pattern: str, proc: subprocess.Popen[bytes], stderr: Path) -> str:
     deadline = time.monotonic() + BOOT_TIMEOUT_S
     while not re.search(pattern, text := _serial(serial), re.MULTILINE):
-        assert proc.poll() is None, f"firelet-vmm ended ({proc.returncode}): {_tail(stderr)}\n{text[-3000:]}"
+        assert proc.poll() is None, f"firelet-vmm ended ({proc.returncode}): {file_tail(stderr)}\n{text[-3000:]}"
         assert time.monotonic() < deadline, f"no {pattern!r} on the console in {BOOT_TIMEOUT_S} s:\n{text[-3000:]}"
         time.sleep(0.05)
     return text
-
-
-def _tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
 def test_drive_rate_limits_hold_and_a_patch_applies_live(kernel, rootfs: Path, tmp_path: Path) -> None:
@@ -174,7 +170,7 @@ def test_drive_rate_limits_hold_and_a_patch_applies_live(kernel, rootfs: Path, t
         while len(PHASES) not in seen and proc.poll() is None:
             _note_marks(serial, seen)
             time.sleep(0.02)
-        assert proc.wait(BOOT_TIMEOUT_S) == 0, _tail(stderr)
+        assert proc.wait(BOOT_TIMEOUT_S) == 0, file_tail(stderr)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -37,6 +37,7 @@ from conftest import (
     binding_limit,
     exit_if_a_guest_clock_went_back,
     exit_if_the_rig_corrupted_a_ring,
+    file_tail,
 )
 from netns import GuestNetns
 
@@ -107,10 +108,6 @@ def _patch(sock: Path, serial: Path, direction: Direction, limit: int) -> int:
     return max(_marks(serial), default=-1)
 
 
-def _tail(path: Path, chars: int = 3000) -> str:
-    return path.read_text(errors="replace")[-chars:] if path.exists() else "(none)"
-
-
 def _eth0_metrics(path: Path) -> Counter[str]:
     """eth0's counters summed over every flush (each line holds what happened since the one before)."""
     totals: Counter[str] = Counter()
@@ -125,20 +122,20 @@ def _diagnosis(sock: Path, serial: Path, proc: subprocess.Popen[str], net: Guest
     if proc.poll() is None:
         api_call(sock, "PUT", "/actions", {"action_type": "FlushMetrics"})
     return (f"\neth0's metrics: {dict(_eth0_metrics(serial.parent / 'metrics.json'))}\ntap tx_dropped: {_tap_tx_dropped(net, net.taps[0].name)}"
-            f"\n--- VMM stderr:\n{_tail(serial.parent / 'vmm.err')}\n--- VMM log:\n"
-            f"{_tail(serial.parent / 'vmm.log')}\n--- console:\n{_tail(serial)}")
+            f"\n--- VMM stderr:\n{file_tail(serial.parent / 'vmm.err')}\n--- VMM log:\n"
+            f"{file_tail(serial.parent / 'vmm.log')}\n--- console:\n{file_tail(serial)}")
 
 
 def _await_step(sock: Path, serial: Path, step: int, proc: subprocess.Popen[str], net: GuestNetns,
                 timeout: float) -> dict[int, float]:
     deadline = time.monotonic() + timeout
     while step not in (marks := _marks(serial)):
-        exit_if_the_rig_corrupted_a_ring(_tail(serial))  # a stream's end in the rig: docs/testing.md
+        exit_if_the_rig_corrupted_a_ring(file_tail(serial))  # a stream's end in the rig: docs/testing.md
         assert proc.poll() is None, (f"firelet-vmm ended ({proc.returncode}) before step {step}: "
                                      f"{_diagnosis(sock, serial, proc, net)}")
         assert time.monotonic() < deadline, f"no step {step} within {timeout:.0f} s: {marks}{_diagnosis(sock, serial, proc, net)}"
         time.sleep(0.2)
-    exit_if_a_guest_clock_went_back(marks, f"\n--- console:\n{_tail(serial)}")
+    exit_if_a_guest_clock_went_back(marks, f"\n--- console:\n{file_tail(serial)}")
     return marks
 
 
