@@ -6,6 +6,12 @@ is a :class:`GuestMemoryError` in exactly one place, never a host crash or a
 read of host memory. The host memory behind it comes from
 :mod:`firelet.memory.backends` (anonymous, memfd or a file); KVM memory slot
 ``i`` is region ``i`` (see :mod:`firelet.memory.dirty`).
+
+Integers go in with one store each (``write_u16``..``write_u64``): a vCPU may read
+the same bytes at that moment (a ring's index), and ``struct.pack_into`` zeroes its
+target before it writes the value, so a driver polling a used ring would see its
+index at 0 for an instant and take entries from the ring's previous lap. x86 is
+little-endian, so the native format of a ``memoryview.cast`` is the guest's.
 """
 
 from __future__ import annotations
@@ -127,13 +133,13 @@ class GuestMemory:
         self.view(addr, 1)[0] = value
 
     def write_u16(self, addr: int, value: int) -> None:
-        struct.pack_into("<H", self.view(addr, 2), 0, value)
+        self.view(addr, 2).cast("H")[0] = value  # one store: see the module docstring
 
     def write_u32(self, addr: int, value: int) -> None:
-        struct.pack_into("<I", self.view(addr, 4), 0, value)
+        self.view(addr, 4).cast("I")[0] = value
 
     def write_u64(self, addr: int, value: int) -> None:
-        struct.pack_into("<Q", self.view(addr, 8), 0, value)
+        self.view(addr, 8).cast("Q")[0] = value
 
     def discard(self, addr: int, length: int) -> None:
         """Give ``[addr, addr+length)`` back to the host; the guest then reads zeros there.

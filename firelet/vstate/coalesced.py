@@ -33,6 +33,12 @@ _HEADER = struct.Struct("<II")
 _ENTRY = struct.Struct("<QII8s")
 
 
+def _store_first(page: memoryview, first: int) -> None:
+    """Write ``first`` with one store: KVM reads it meanwhile to find room, and
+    ``struct.pack_into`` would show it 0 for an instant (zeroes, then writes)."""
+    page[0:4].cast("I")[0] = first
+
+
 class CoalescedRing:
     """The VM's one ring page; entries are taken under a lock, in KVM's order."""
 
@@ -64,14 +70,14 @@ class CoalescedRing:
                 return []
             if first >= capacity or last >= capacity:  # never from KVM; do not loop on garbage
                 log.warning("coalesced ring indices out of range (first=%d last=%d); dropping it", first, last)
-                struct.pack_into("<I", page, 0, last if last < capacity else 0)
+                _store_first(page, last if last < capacity else 0)
                 return []
             out = []
             while first != last:
                 addr, length, pio, data = _ENTRY.unpack_from(page, _HEADER.size + first * _ENTRY.size)
                 out.append((addr, bool(pio), data[: min(length, 8)]))
                 first = (first + 1) % capacity
-            struct.pack_into("<I", page, 0, first)  # hand the slots back to KVM
+            _store_first(page, first)  # hand the slots back to KVM
             return out
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ from firelet.devtools.images import guest_cmdline_for
 from firelet.hostnet.netns import rtnl
 
 import netns
-from conftest import BOOT_TIMEOUT_S, api_ok, exit_if_the_rig_corrupted_a_ring, run_reported
+from conftest import BOOT_TIMEOUT_S, api_ok, fail_if_a_driver_saw_a_bad_ring, run_reported
 from netns import GuestNetns, GuestTap
 
 guest_netns = netns.guest_netns  # the fixture: pytest finds it in this module under its name
@@ -109,7 +109,7 @@ def _peer_lines(proc: subprocess.Popen[str]) -> list[list[str]]:
 def check_exchange(console: str, label: str, reports: list[list[str]], transfer: Transfer) -> tuple[float, float]:
     """Both ends agree on both directions' bytes and checksums; the peer's (up, down) seconds."""
     text = console.replace("\r", "")
-    exit_if_the_rig_corrupted_a_ring(text)
+    fail_if_a_driver_saw_a_bad_ring(text)
     up = re.search(rf"^{label}-up ([0-9a-f]{{32}}) ([0-9a-f]{{32}}) (\d+)$", text, re.M)
     down = re.search(rf"^{label}-down ([0-9a-f]{{32}})$", text, re.M)
     assert up and down, f"{label}: no checksums on the console:\n{text[-3000:]}\npeer: {reports}"

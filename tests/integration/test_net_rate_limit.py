@@ -36,7 +36,7 @@ from conftest import (
     api_ok,
     binding_limit,
     exit_if_a_guest_clock_went_back,
-    exit_if_the_rig_corrupted_a_ring,
+    fail_if_a_driver_saw_a_bad_ring,
     file_tail,
 )
 from netns import GuestNetns
@@ -130,7 +130,7 @@ def _await_step(sock: Path, serial: Path, step: int, proc: subprocess.Popen[str]
                 timeout: float) -> dict[int, float]:
     deadline = time.monotonic() + timeout
     while step not in (marks := _marks(serial)):
-        exit_if_the_rig_corrupted_a_ring(file_tail(serial))  # a stream's end in the rig: docs/testing.md
+        fail_if_a_driver_saw_a_bad_ring(file_tail(serial))
         assert proc.poll() is None, (f"firelet-vmm ended ({proc.returncode}) before step {step}: "
                                      f"{_diagnosis(sock, serial, proc, net)}")
         assert time.monotonic() < deadline, f"no step {step} within {timeout:.0f} s: {marks}{_diagnosis(sock, serial, proc, net)}"

@@ -17,7 +17,9 @@ from firelet.devices.virtio.queue import (
     Descriptor,
     Queue,
 )
+from firelet.memory.guest import GuestMemory
 
+from concurrent_reader import watch_while_writing
 from virtio_utils import MEM_SIZE, DriverQueue, new_memory
 
 INDIRECT = 1 << VIRTIO_RING_F_INDIRECT_DESC
@@ -259,6 +261,38 @@ def test_event_idx_sets_avail_event_when_drained(mem) -> None:
     while q.pop(mem) is not None:
         pass
     assert drv.avail_event() == 2
+
+
+def test_a_driver_polling_meanwhile_never_sees_used_idx_go_back_nor_avail_event_change() -> None:
+    """Linux's driver takes a used entry whenever used idx differs from its own count, so an idx
+    seen at 0 for an instant (``struct.pack_into`` zeroes its target, then writes) hands it an entry
+    of the ring's previous lap: "id N is not a head!", seen in the rig. An avail_event seen at 0
+    tells it to skip a kick. A process on another core reads both while the device writes them."""
+    mem = GuestMemory.memfd([(0, MEM_SIZE)])
+    try:
+        drv = DriverQueue(mem, size=256)
+        q = drv.device_queue(features=EVENT_IDX)
+        q.next_avail = 0x1234
+        mem.write_u16(drv.avail_addr + 2, 0x1234)  # nothing pending: pop() only writes avail_event
+        q.next_used = 0xFFF0  # the index wraps through 0 during the run as well
+        avail_event = drv.used_addr + 4 + 8 * drv.size
+        assert q.pop(mem) is None and mem.read_u16(avail_event) == 0x1234
+
+        def read() -> int:
+            return mem.read_u16(drv.used_addr + 2) | mem.read_u16(avail_event) << 16
+
+        def ok(prev: int, value: int) -> bool:
+            return ((value - prev) & 0xFFFF) < 0x8000 and value >> 16 == 0x1234
+
+        def write() -> None:
+            q.add_used(mem, 7, 0)
+            q.add_used_many(mem, [(8, 0), (9, 0)])
+            q.pop(mem)
+
+        reads, bad = watch_while_writing(read, ok, write, seconds=1.0)
+        assert reads > 10_000 and bad == [], [f"{a:#x} -> {b:#x}" for a, b in bad]
+    finally:
+        mem.close()
 
 
 def test_is_valid(mem) -> None:

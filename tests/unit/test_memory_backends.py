@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import itertools
 import mmap
 import os
 from pathlib import Path
@@ -13,6 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firelet.memory.guest import PAGE_SIZE, GuestMemory, GuestMemoryError
+
+from concurrent_reader import watch_while_writing
 
 PAGES = 16
 SIZE = PAGES * PAGE_SIZE
@@ -202,3 +205,22 @@ def test_write_to_then_memfd_copy_round_trips_ram() -> None:
     finally:
         source.close()
         copy.close()
+
+
+@pytest.mark.parametrize("bits", [16, 32, 64])
+def test_an_integer_write_is_one_store_a_vcpu_reading_meanwhile_sees_old_or_new(bits: int) -> None:
+    """A ring index crossing a carry (0x00FF -> 0x0100): a reader on another core sees one of the
+    two values, never a zeroed or half-written one (virtqueue indices depend on it)."""
+    mem = GuestMemory.memfd([(0, PAGE_SIZE)])
+    try:
+        write, read = getattr(mem, f"write_u{bits}"), getattr(mem, f"read_u{bits}")
+        low, high = (1 << bits // 2) - 1, 1 << bits // 2
+        values = itertools.cycle((high, low))
+        write(0x100, low)
+        reads, bad = watch_while_writing(
+            lambda: read(0x100), lambda _prev, value: value in (low, high), lambda: write(0x100, next(values)), 0.5
+        )
+        assert reads > 10_000 and bad == [], [f"{a:#x} -> {b:#x}" for a, b in bad]
+        assert read(0x100) in (low, high)
+    finally:
+        mem.close()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import mmap
 import struct
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from firelet.vstate.coalesced import CoalescedPio, CoalescedRing
+
+from concurrent_reader import watch_while_writing
 
 PAGE = 4096
 CAPACITY = (PAGE - 8) // 24
@@ -50,6 +53,29 @@ def test_ring_with_indices_out_of_range_is_dropped_not_looped_over() -> None:
     struct.pack_into("<II", page, 0, 5, CAPACITY + 7)
     assert ring.take() == []
     assert ring.take() == []
+
+
+def test_kvm_reading_first_meanwhile_sees_old_or_new_never_zero() -> None:
+    """KVM reads ``first`` to find room while we hand slots back: an instant of 0 (as
+    ``struct.pack_into`` writes) would let it overwrite writes we have not taken yet."""
+    shared = mmap.mmap(-1, PAGE)  # MAP_SHARED: the forked reader sees our stores
+    page = memoryview(shared)
+    struct.pack_into("<QII8s", page, 8 + 1 * 24, 0x3F8, 1, 1, b"x".ljust(8, b"\0"))
+    ring = CoalescedRing()
+    ring.attach(page)
+    header = page[0:8].cast("I")  # [first, last], written with one store each as KVM does
+
+    def take_one() -> None:
+        header[0], header[1] = 1, 2  # KVM appended the write in slot 1
+        assert ring.take() == [(0x3F8, True, b"x")]
+
+    take_one()
+    reads, bad = watch_while_writing(lambda: header[0], lambda _prev, first: first in (1, 2), take_one, 0.5)
+    assert reads > 10_000 and bad == [], bad
+    ring.close()
+    header.release()
+    page.release()
+    shared.close()
 
 
 def test_ring_without_a_page_yet_is_empty() -> None:

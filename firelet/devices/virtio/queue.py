@@ -7,7 +7,8 @@ a :class:`DescriptorChain` whose ``error`` says what is wrong (a value the devic
 turns into a failed request), never as an exception.
 
 Memory ordering: x86 keeps stores in order and loads in order, which covers
-"write used entries, then used idx". The store-then-load cases (used idx, then
+"write used entries, then used idx". Each index and entry is written with one
+store (:meth:`GuestMemory.write_u16`): the driver reads them while we write. The store-then-load cases (used idx, then
 used_event; avail_event, then avail idx) need a full barrier; a locked
 instruction is one, and acquiring a ``threading.Lock`` executes one.
 """
@@ -37,7 +38,6 @@ VIRTIO_RING_F_EVENT_IDX = 29
 
 DESC_SIZE = 16  # le64 addr, le32 len, le16 flags, le16 next
 _DESC = struct.Struct("<QIHH")
-_USED_ELEM = struct.Struct("<II")
 # §2.7 alignment requirements: table 16, available ring 2, used ring 4.
 DESC_ALIGN = 16
 AVAIL_ALIGN = 2
@@ -305,7 +305,7 @@ class Queue:
         if not 0 <= head_index < self.size:
             return  # a device bug; never write a head the driver did not give us
         slot = self.used_ring + 4 + 8 * (self.next_used % self.size)
-        _USED_ELEM.pack_into(mem.view(slot, 8), 0, head_index, length & 0xFFFFFFFF)
+        mem.write_u64(slot, _used_elem(head_index, length))
         self.next_used = (self.next_used + 1) & 0xFFFF
         # x86 keeps these two stores in order, so the driver never sees idx before the entry.
         mem.write_u16(self.used_ring + 2, self.next_used)
@@ -321,7 +321,7 @@ class Queue:
             if not 0 <= head_index < self.size:
                 continue  # a device bug; never write a head the driver did not give us
             slot = self.used_ring + 4 + 8 * (index % self.size)
-            _USED_ELEM.pack_into(mem.view(slot, 8), 0, head_index, length & 0xFFFFFFFF)
+            mem.write_u64(slot, _used_elem(head_index, length))
             index = (index + 1) & 0xFFFF
         self.next_used = index
         mem.write_u16(self.used_ring + 2, index)
@@ -345,6 +345,11 @@ class Queue:
             used_event = mem.read_u16(self.avail_ring + 4 + 2 * self.size)
             return (new - used_event - 1) & 0xFFFF < (new - old) & 0xFFFF
         return not mem.read_u16(self.avail_ring) & VIRTQ_AVAIL_F_NO_INTERRUPT
+
+
+def _used_elem(head_index: int, length: int) -> int:
+    """A used element (§2.7.8: le32 id, le32 len) as one 64-bit value, to be stored at once."""
+    return (length & 0xFFFFFFFF) << 32 | head_index
 
 
 def _check(
