@@ -253,13 +253,13 @@ def file_tail(path: Path, chars: int = 3000) -> str:
 BIND = 5
 
 
-def binding_limit(target: int, unlimited: float, floor: int) -> int:
-    """``target`` (an issue's figure) where it binds against ``unlimited``, else the largest round
-    figure that does: a limit above what the path does unlimited measures nothing."""
-    if target * BIND <= unlimited:
+def binding_limit(target: int, unlimited: float, floor: int, bind: int = BIND) -> int:
+    """``target`` (an issue's figure) where it binds against ``unlimited`` (at most 1/``bind`` of
+    it), else the largest round figure that does: a limit above what the path does measures nothing."""
+    if target * bind <= unlimited:
         return target
-    step = 10 ** max(0, len(str(int(unlimited / BIND))) - 2)
-    limit = int(unlimited / BIND) // step * step
+    step = 10 ** max(0, len(str(int(unlimited / bind))) - 2)
+    limit = int(unlimited / bind) // step * step
     assert limit >= floor, f"unlimited, the path did only {unlimited:g}/s here: no limit below it can be measured"
     return limit
 

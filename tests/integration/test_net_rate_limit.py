@@ -31,6 +31,7 @@ from firelet.devtools.images import guest_cmdline_for
 
 import netns
 from conftest import (
+    BIND,
     BOOT_TIMEOUT_S,
     api_call,
     api_ok,
@@ -76,12 +77,14 @@ RX = Direction("rx", 29, "rx_rate_limiter_throttled", "rx_event_rate_limiter_cou
 TX = Direction("tx", 5, "tx_rate_limiter_throttled", "tx_rate_limiter_event_count")
 STREAM = Transfer(RX.steps + 2, MIB_PRIME)
 #: Issue #13's figure (bytes/s) where it binds (conftest.binding_limit), PATCHed to twice it; below the
-#: floor the test would take too long: the rig is broken.
-TARGET, FLOOR = 10_000_000, 50_000
+#: floor the test would take too long: the rig is broken. The rig's path swings 3x within a run
+#: (TX: 4.7 MB/s unlimited, then under 1.6 MB/s), so the doubled limit too stays at 1/BIND of it.
+TARGET, FLOOR = 10_000_000, 20_000
 TOLERANCE = 0.10
 #: Slack for a TCP retransmission timeout: a throttled RX lets the TAP's queue overflow, the kernel
 #: drops, and TCP's backed-off timer can idle the stream for a minute or two (one CI run waited 111 s
-#: at 0.5 MB/s with no new MiB; whether TCP or firelet stalled is not known yet).
+#: at 0.5 MB/s with no new MiB, most likely a kick the driver skipped on an avail_event it read as 0:
+#: docs/testing.md, "not a head").
 RECOVERY_S = 240
 
 
@@ -164,7 +167,7 @@ def test_a_limit_holds_in_the_guest_and_a_patch_changes_it_live(
             api_ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
             marks = _await_step(sock, serial, BASE_STEPS - 1, vmm, net, BOOT_TIMEOUT_S)
             unlimited = _rate(marks, 0, BASE_STEPS - 1)
-            limit = binding_limit(TARGET, unlimited, FLOOR)
+            limit = binding_limit(TARGET, unlimited, FLOOR, bind=2 * BIND)
             results = []
             for rate in (limit, 2 * limit):
                 before = _patch(sock, serial, direction, rate)
@@ -174,7 +177,9 @@ def test_a_limit_holds_in_the_guest_and_a_patch_changes_it_live(
                 marks = _await_step(sock, serial, last, vmm, net, 3 * (last - before) * MiB / rate + RECOVERY_S)
                 results.append((rate, _rate(marks, first, last)))
             _wait_console(serial, rf"^{direction.name}-done$")
-            api_ok(sock, "PUT", "/actions", {"action_type": "FlushMetrics"})
+            # The guest powers off after that line (too soon for a FlushMetrics); the VMM writes its
+            # last metrics as it exits.
+            assert vmm.wait(BOOT_TIMEOUT_S) == 0, (tmp_path / "vmm.err").read_text()[-3000:]
         counters = _eth0_metrics(tmp_path / "metrics.json")
         print(f"\n{direction.name.upper()} unlimited: {unlimited / 1e6:.3f} MB/s; "
               + "; ".join(f"limited to {r / 1e6:g} MB/s: {m / 1e6:.3f} MB/s ({m / r - 1:+.1%}) over {direction.measured} MiB"
@@ -184,7 +189,6 @@ def test_a_limit_holds_in_the_guest_and_a_patch_changes_it_live(
         for rate, measured in results:
             assert abs(measured - rate) <= TOLERANCE * rate, f"{measured / 1e6:.3f} MB/s against {rate / 1e6:g} MB/s"
         assert counters[direction.throttled] > 0 and counters[direction.woken] > 0
-        assert vmm.wait(BOOT_TIMEOUT_S) == 0, (tmp_path / "vmm.err").read_text()[-3000:]
     finally:
         if vmm.poll() is None:
             vmm.kill()
