@@ -7,10 +7,11 @@ a :class:`DescriptorChain` whose ``error`` says what is wrong (a value the devic
 turns into a failed request), never as an exception.
 
 Memory ordering: x86 keeps stores in order and loads in order, which covers
-"write used entries, then used idx". Each index and entry is written with one
-store (:meth:`GuestMemory.write_u16`): the driver reads them while we write. The store-then-load cases (used idx, then
-used_event; avail_event, then avail idx) need a full barrier; a locked
-instruction is one, and acquiring a ``threading.Lock`` executes one.
+"write used entries, then used idx"; each index and entry is written with one
+store (:meth:`GuestMemory.write_u16`), since the driver reads them meanwhile.
+The store-then-load cases (used idx, then used_event; avail_event, then avail
+idx) need a full barrier; a locked instruction is one, and acquiring a
+``threading.Lock`` executes one.
 """
 
 from __future__ import annotations
