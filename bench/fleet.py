@@ -281,7 +281,7 @@ def _progress(vms: list[Vm], waiting: list[Vm], t0: float) -> None:
 def _end(vms: list[Vm], signal_drive: Path, launcher: Any, timeout: float) -> float | None:
     """Tell the guests to finish; (s until every VMM exited, or None), each VM's record says if it was clean."""
     from firelet.guest import parse_exit_status
-    from firelet.launcher.server import LauncherError
+    from firelet.launcher.socket_path import LauncherError
 
     fd = os.open(signal_drive, os.O_WRONLY)
     try:

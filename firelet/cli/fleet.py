@@ -118,7 +118,7 @@ def format_table(vms: list[dict[str, Any]]) -> str:
 
 
 def run_stop(args: argparse.Namespace) -> int:
-    from firelet.launcher.server import LauncherError
+    from firelet.launcher.socket_path import LauncherError
 
     fleet = _fleet(args)
     try:

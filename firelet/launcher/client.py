@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from firelet.launcher import protocol
-from firelet.launcher.server import LauncherError
+from firelet.launcher.socket_path import LauncherError
 
 #: How long :meth:`Launcher.start` waits for a new launcher to answer (s): imports take a while in the rig.
 START_TIMEOUT_S = 60.0

@@ -34,7 +34,7 @@ from firelet.launcher.placement import (
     Placement,
     tidy,
 )
-from firelet.launcher.server import MAX_SOCKET_PATH, LauncherError
+from firelet.launcher.socket_path import MAX_SOCKET_PATH, LauncherError
 
 #: The launcher socket a fleet directory uses unless told otherwise.
 LAUNCHER_SOCK = "launcher.sock"

@@ -8,60 +8,30 @@ copies a process with no other thread mid-way through anything and no lock held.
 
 from __future__ import annotations
 
-import errno
 import os
 import selectors
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from firelet.errors import FireletError
 from firelet.launcher import oom, protocol
 from firelet.launcher.children import Child, Children
 from firelet.launcher.jail import Jailed
+from firelet.launcher.socket_path import LauncherError, claim_socket_path
 from firelet.log import get_logger
 
 log = get_logger("firelet.launcher")
 
-#: Unix socket paths (sun_path) hold at most 107 bytes and a NUL (unix(7)).
-MAX_SOCKET_PATH = 107
 #: The signals the loop handles itself; a child gets back what the launcher found.
 _SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 #: The loop wakes at least this often (s), so a missed wakeup only delays, never loses, a reap.
 _MAX_SLEEP_S = 1.0
 #: How long replies still queued at exit may take to leave (s).
 _FINAL_FLUSH_S = 1.0
-
-
-class LauncherError(FireletError):
-    """The launcher cannot start or was refused something: one line."""
-
-
-def claim_socket_path(path: str) -> None:
-    """Make ``path`` free for a new launcher: refuse a live one, remove a stale socket."""
-    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
-        raise LauncherError(f"--socket {path}: longer than a Unix socket path may be ({MAX_SOCKET_PATH} bytes)")
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(mode):
-        raise LauncherError(f"--socket {path}: exists and is not a socket; remove it or choose another path")
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(path)
-        except OSError as exc:
-            if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-                raise LauncherError(f"--socket {path}: cannot tell whether it is in use: {exc.strerror}") from None
-        else:
-            raise LauncherError(f"--socket {path}: a launcher is already listening there; stop it "
-                                "(firelet fleet stop --all) or choose another path")
-    os.unlink(path)  # nobody listens: left by a launcher that was killed
 
 
 @dataclass(eq=False)

@@ -20,7 +20,7 @@ import pytest
 
 from firelet.jailer import cgroups
 from firelet.launcher.client import Launcher
-from firelet.launcher.server import LauncherError
+from firelet.launcher.socket_path import LauncherError
 
 from api_fake_backend import call
 from launcher_utils import running_launcher, short_workdir

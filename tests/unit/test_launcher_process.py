@@ -15,7 +15,7 @@ import pytest
 
 from firelet.launcher import procinfo
 from firelet.launcher.client import Launcher
-from firelet.launcher.server import LauncherError
+from firelet.launcher.socket_path import LauncherError
 
 from api_fake_backend import call
 from launcher_utils import ended, running_launcher, short_workdir
