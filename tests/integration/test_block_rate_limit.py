@@ -41,7 +41,7 @@ from typing import Any
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import guest_cmdline_for
 
-from conftest import BOOT_TIMEOUT_S, api_ok, binding_limit, exit_if_a_guest_clock_went_back, file_tail
+from conftest import BOOT_TIMEOUT_S, api_ok, binding_limit, fail_if_a_guest_clock_went_back, file_tail
 
 MiB = 1 << 20
 #: Issue #13's figures: the limits wherever they bind (bytes/s, requests/s).
@@ -87,7 +87,8 @@ def _serial(path: Path) -> str:
 
 
 def _marks(text: str) -> dict[int, float]:
-    return {int(i): float(t) for i, t in re.findall(r"^MARK (\d+) ([\d.]+)$", text, re.MULTILINE)}
+    """Each step's guest uptime, from whole lines only: a line still being written reads "12." for "12.35"."""
+    return {int(i): float(t) for i, t in re.findall(r"^MARK (\d+) ([\d.]+)\n", text, re.MULTILINE)}
 
 
 def _note_marks(serial: Path, seen: dict[int, float]) -> None:
@@ -97,10 +98,10 @@ def _note_marks(serial: Path, seen: dict[int, float]) -> None:
 
 
 def _span(text: str, name: str) -> float:
-    found = re.search(rf"^{name} ([\d.]+) ([\d.]+)$", text, re.MULTILINE)
+    found = re.search(rf"^{name} ([\d.]+) ([\d.]+)\n", text, re.MULTILINE)  # a whole line (_marks)
     assert found, f"no {name} line in the guest's output:\n{text[-3000:]}"
     start, end = float(found.group(1)), float(found.group(2))
-    exit_if_a_guest_clock_went_back({0: start, 1: end}, f" (the {name} span)\n{text[-3000:]}")
+    fail_if_a_guest_clock_went_back({0: start, 1: end}, f" (the {name} span)\n{text[-3000:]}")
     return end - start
 
 
@@ -145,7 +146,7 @@ def test_drive_rate_limits_hold_and_a_patch_applies_live(kernel, rootfs: Path, t
         api_ok(sock, "PUT", "/metrics", {"metrics_path": str(metrics)})
         api_ok(sock, "PUT", "/actions", {"action_type": "InstanceStart"})
 
-        text = _await(serial, r"^BASE-OPS ", proc, stderr)
+        text = _await(serial, r"^BASE-OPS .*\n", proc, stderr)
         base_bw, base_ops = 10 * MiB / _span(text, "BASE-BW"), READERS * BASE_READS / _span(text, "BASE-OPS")
         bw_limit, ops_limit = binding_limit(BW_TARGET, base_bw, BW_FLOOR), binding_limit(OPS_TARGET, base_ops, OPS_FLOOR)
         ops_warmup, ops_count = OPS_WARMUP_S * ops_limit // READERS, OPS_COUNT_S * ops_limit // READERS  # each
@@ -180,7 +181,7 @@ def test_drive_rate_limits_hold_and_a_patch_applies_live(kernel, rootfs: Path, t
     assert "FIRELET-EXIT status=0" in text and "DDFAIL" not in text, text[-3000:]
     marks = _marks(text)
     assert sorted(marks) == list(range(len(PHASES) + 1)), text[-3000:]
-    exit_if_a_guest_clock_went_back(marks)
+    fail_if_a_guest_clock_went_back(marks)
     span = MEASURED_MIB * MiB
     before, before_host = span / (marks[2] - marks[1]), span / (seen[2] - seen[1])
     after, after_host = span / (marks[4] - marks[3]), span / (seen[4] - seen[3])

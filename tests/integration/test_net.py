@@ -110,7 +110,7 @@ def check_exchange(console: str, label: str, reports: list[list[str]], transfer:
     """Both ends agree on both directions' bytes and checksums; the peer's (up, down) seconds."""
     text = console.replace("\r", "")
     fail_if_a_driver_saw_a_bad_ring(text)
-    up = re.search(rf"^{label}-up ([0-9a-f]{{32}}) ([0-9a-f]{{32}}) (\d+)$", text, re.M)
+    up = re.search(rf"^{label}-up ([0-9a-f]{{32}}) ([0-9a-f]{{32}}) (\d+)\n", text, re.M)
     down = re.search(rf"^{label}-down ([0-9a-f]{{32}})$", text, re.M)
     assert up and down, f"{label}: no checksums on the console:\n{text[-3000:]}\npeer: {reports}"
     sink = next(r for r in reports if r[0] == "sink")
