@@ -264,6 +264,15 @@ def binding_limit(target: int, unlimited: float, floor: int, bind: int = BIND) -
     return limit
 
 
+def guest_marks(console: str) -> dict[int, float]:
+    """``MARK step uptime`` lines a rate test's guest printed: each step's guest uptime.
+
+    Whole lines only (a pattern ending in a newline): a line the console is still writing
+    reads "8" for "80.12", which looked like a clock going back (docs/testing.md).
+    """
+    return {int(i): float(t) for i, t in re.findall(r"^MARK (\d+) ([\d.]+)\n", console.replace("\r", ""), re.M)}
+
+
 def fail_if_a_guest_clock_went_back(marks: dict[int, float], detail: str = "") -> None:
     """A guest whose uptime, printed after each step, went backwards fails the test: a rate
     measured across the jump would mean nothing.

@@ -41,7 +41,7 @@ from typing import Any
 from firelet.devtools.cache import repo_root
 from firelet.devtools.images import guest_cmdline_for
 
-from conftest import BOOT_TIMEOUT_S, api_ok, binding_limit, fail_if_a_guest_clock_went_back, file_tail
+from conftest import BOOT_TIMEOUT_S, api_ok, binding_limit, fail_if_a_guest_clock_went_back, file_tail, guest_marks
 
 MiB = 1 << 20
 #: Issue #13's figures: the limits wherever they bind (bytes/s, requests/s).
@@ -86,19 +86,14 @@ def _serial(path: Path) -> str:
     return path.read_text(errors="replace").replace("\r", "") if path.exists() else ""
 
 
-def _marks(text: str) -> dict[int, float]:
-    """Each step's guest uptime, from whole lines only: a line still being written reads "12." for "12.35"."""
-    return {int(i): float(t) for i, t in re.findall(r"^MARK (\d+) ([\d.]+)\n", text, re.MULTILINE)}
-
-
 def _note_marks(serial: Path, seen: dict[int, float]) -> None:
     now = time.monotonic()
-    for step in _marks(_serial(serial)):
+    for step in guest_marks(_serial(serial)):
         seen.setdefault(step, now)
 
 
 def _span(text: str, name: str) -> float:
-    found = re.search(rf"^{name} ([\d.]+) ([\d.]+)\n", text, re.MULTILINE)  # a whole line (_marks)
+    found = re.search(rf"^{name} ([\d.]+) ([\d.]+)\n", text, re.MULTILINE)  # a whole line (conftest.guest_marks)
     assert found, f"no {name} line in the guest's output:\n{text[-3000:]}"
     start, end = float(found.group(1)), float(found.group(2))
     fail_if_a_guest_clock_went_back({0: start, 1: end}, f" (the {name} span)\n{text[-3000:]}")
@@ -179,7 +174,7 @@ def test_drive_rate_limits_hold_and_a_patch_applies_live(kernel, rootfs: Path, t
 
     text = _serial(serial)
     assert "FIRELET-EXIT status=0" in text and "DDFAIL" not in text, text[-3000:]
-    marks = _marks(text)
+    marks = guest_marks(text)
     assert sorted(marks) == list(range(len(PHASES) + 1)), text[-3000:]
     fail_if_a_guest_clock_went_back(marks)
     span = MEASURED_MIB * MiB

@@ -14,7 +14,6 @@ the limit, live, and must show likewise. The measured rates are printed (pytest 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import time
@@ -39,6 +38,7 @@ from conftest import (
     fail_if_a_driver_saw_a_bad_ring,
     fail_if_a_guest_clock_went_back,
     file_tail,
+    guest_marks,
 )
 from netns import GuestNetns
 
@@ -89,9 +89,7 @@ RECOVERY_S = 240
 
 
 def _marks(serial: Path) -> dict[int, float]:
-    text = serial.read_text(errors="replace").replace("\r", "") if serial.exists() else ""
-    # Whole lines only: a line the console is still writing reads "8" for "80.12" (a clock "going back").
-    return {int(i): float(t) for i, t in re.findall(r"^MARK (\d+) ([\d.]+)\n", text, re.M)}
+    return guest_marks(serial.read_text(errors="replace") if serial.exists() else "")
 
 
 def _rate(marks: dict[int, float], first: int, last: int) -> float:
